@@ -1,0 +1,33 @@
+"""Test session set-up: two logical CPU devices so MirroredStrategy runs real replicas.
+
+Logical devices must be configured before TensorFlow initialises its runtime, so this runs at
+import time of the test session, before any test module touches TensorFlow.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """A real MirroredStrategy over two logical CPU devices."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+@pytest.fixture(scope="session")
+def one_cpu_strategy():
+    """A MirroredStrategy over one CPU device (same code path, one replica)."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:1]
+    return tf.distribute.MirroredStrategy(devices)
