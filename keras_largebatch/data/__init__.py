@@ -1,0 +1,15 @@
+"""Data sources by name and the one pipeline builder for all of them."""
+
+from keras_largebatch.data.pipeline import (
+    check_batch_size,
+    eval_dataset,
+    steps_per_epoch,
+    train_dataset_fn,
+    train_eval_dataset,
+)
+from keras_largebatch.data.sources import SOURCES, DataSource, get_source
+
+__all__ = [
+    "SOURCES", "DataSource", "check_batch_size", "eval_dataset", "get_source",
+    "steps_per_epoch", "train_dataset_fn", "train_eval_dataset",
+]

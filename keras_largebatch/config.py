@@ -1,0 +1,59 @@
+"""Gin at the edge: registers the library's plain functions and classes as configurables.
+
+Only `main` (and tests of gin files) import this module; the library itself never reads gin.
+Binding names, by what they configure:
+
+    train.*                   the run (keras_largebatch.training.loop.train)
+    make_strategy.*           replicas: make_strategy.num_cpu_replicas = 2
+    fashion_mnist.data_dir    data sources (fashion_mnist, mnist, cifar10, cifar100, imagenet2012)
+    cnn_fashion.dropout       model builders, by registered model name
+    SGD.momentum, Adam.*      optimizer classes (LARS.*, BAMomentum.* once registered)
+"""
+
+from __future__ import annotations
+
+import keras
+
+import gin
+from keras_largebatch.data import sources
+from keras_largebatch.models import registry
+from keras_largebatch.training import loop, optimizer_factory, strategy
+
+_registered = False
+
+
+def register_configurables() -> None:
+    """Make every experiment choice a gin binding (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+
+    loop.train = gin.external_configurable(loop.train, name="train")
+    strategy.make_strategy = gin.external_configurable(strategy.make_strategy,
+                                                       name="make_strategy")
+    loop.make_strategy = strategy.make_strategy
+
+    for name, fn in list(sources.SOURCES.items()):
+        sources.SOURCES[name] = gin.external_configurable(fn, name=name, module="data")
+    for name in registry.model_names():
+        registry._BUILDERS[name] = gin.external_configurable(
+            registry._BUILDERS[name], name=name, module="models")
+
+    sgd = gin.external_configurable(keras.optimizers.SGD, module="keras.optimizers")
+    adam = gin.external_configurable(keras.optimizers.Adam, module="keras.optimizers")
+    optimizer_factory.register_optimizer("sgd", sgd)
+    optimizer_factory.register_optimizer("adam", adam)
+
+    def momentum(**kw):
+        kw.setdefault("momentum", 0.9)
+        return sgd(**kw)
+
+    optimizer_factory.register_optimizer("momentum", momentum)
+
+
+def list_configurables() -> list[str]:
+    """Every configurable a gin file may bind, as its shortest unique name, sorted."""
+    register_configurables()
+    registry_ = gin.config._REGISTRY  # noqa: SLF001 - gin has no public listing
+    return sorted(registry_.minimal_selector(selector) for selector, _ in registry_.items())

@@ -1,0 +1,191 @@
+"""Data sources by name: `get_source("fashion_mnist")` and friends.
+
+A `DataSource` says what a dataset is (input shape, classes, sizes, normalisation) and how to
+read its examples. Small datasets are held in memory as uint8 arrays (`train_arrays` /
+`test_arrays`), which lets the pipeline shuffle indices and gather whole batches at once; large
+ones (ImageNet) give an unbatched `tf.data.Dataset` of decoded examples instead.
+
+| name          | where it comes from                                                        |
+|---------------|----------------------------------------------------------------------------|
+| fashion_mnist | IDX files of the Debian package `dataset-fashion-mnist`, else `tfds.load`   |
+| mnist         | IDX files in `mnist_dir` if given, else `tfds.load("mnist")`                 |
+| cifar10       | `tfds.load("cifar10")`                                                      |
+| cifar100      | `tfds.load("cifar100")`                                                     |
+| imagenet2012  | `tfds.load("imagenet2012")` (manual download, see the tfds docs)             |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from keras_largebatch.data.idx import read_idx
+from keras_largebatch.errors import UserInputError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """A dataset: metadata plus either in-memory uint8 arrays or example datasets."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    num_train: int
+    num_test: int
+    mean: tuple[float, ...]  # per-channel, on the [0, 1] scale
+    std: tuple[float, ...]
+    train_arrays: Arrays | None = None
+    test_arrays: Arrays | None = None
+    # For sources too large for memory: () -> unbatched tf.data of (uint8 image, int label).
+    train_examples: Callable[[], tf.data.Dataset] | None = None
+    test_examples: Callable[[], tf.data.Dataset] | None = None
+
+    @property
+    def in_memory(self) -> bool:
+        return self.train_arrays is not None
+
+
+def _read_idx_pair(directory: str, split: str, hint: str) -> Arrays:
+    images_file, labels_file = _IDX_FILES[split]
+    images = read_idx(os.path.join(directory, images_file), hint=hint)
+    labels = read_idx(os.path.join(directory, labels_file), hint=hint)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserInputError(
+            f"dataset files in {directory} do not match ({images.shape} images, "
+            f"{labels.shape} labels); {hint}"
+        )
+    return images[..., None], labels.astype(np.int32)
+
+
+def _tfds_arrays(tfds_name: str, data_dir: str | None) -> tuple[Arrays, Arrays]:
+    import tensorflow_datasets as tfds
+
+    try:
+        train, test = tfds.as_numpy(
+            tfds.load(tfds_name, split=["train", "test"], batch_size=-1,
+                      as_supervised=True, data_dir=data_dir)
+        )
+    except Exception as e:  # tfds raises many types for "not downloadable here"
+        raise UserInputError(
+            f"dataset {tfds_name!r} could not be loaded with tfds ({type(e).__name__}); "
+            f"download it on a networked machine with `tfds build {tfds_name}` and pass "
+            f"data_dir=..., or choose dataset='fashion_mnist'"
+        ) from None
+    return (
+        (np.asarray(train[0], np.uint8), np.asarray(train[1], np.int32)),
+        (np.asarray(test[0], np.uint8), np.asarray(test[1], np.int32)),
+    )
+
+
+def _from_arrays(name, train: Arrays, test: Arrays, num_classes, mean=None, std=None):
+    if mean is None:  # measured on the training set
+        scaled = train[0].astype(np.float64) / 255.0
+        mean = tuple(scaled.mean(axis=(0, 1, 2)))
+        std = tuple(scaled.std(axis=(0, 1, 2)))
+    return DataSource(
+        name=name, input_shape=tuple(train[0].shape[1:]), num_classes=num_classes,
+        num_train=len(train[0]), num_test=len(test[0]), mean=tuple(mean), std=tuple(std),
+        train_arrays=train, test_arrays=test,
+    )
+
+
+def fashion_mnist(*, data_dir: str = FASHION_MNIST_DIR, tfds_fallback: bool = True) -> DataSource:
+    """Fashion-MNIST (Xiao et al. 2017), 60k/10k 28x28 grey images, 10 classes."""
+    hint = (
+        "install it with: apt-get install -y dataset-fashion-mnist (or set "
+        "fashion_mnist.data_dir to a folder holding the four IDX .gz files)"
+    )
+    if not os.path.isdir(data_dir) and tfds_fallback and data_dir == FASHION_MNIST_DIR:
+        try:
+            train, test = _tfds_arrays("fashion_mnist", None)
+        except UserInputError:
+            raise UserInputError(f"Fashion-MNIST not found in {data_dir}; {hint}") from None
+        return _from_arrays("fashion_mnist", train, test, 10)
+    train = _read_idx_pair(data_dir, "train", hint)
+    test = _read_idx_pair(data_dir, "test", hint)
+    return _from_arrays("fashion_mnist", train, test, 10, mean=(0.2860,), std=(0.3530,))
+
+
+def mnist(*, data_dir: str | None = None) -> DataSource:
+    """MNIST digits from IDX files in `data_dir`, else `tfds.load("mnist")`."""
+    if data_dir:
+        hint = f"put the four MNIST IDX .gz files in {data_dir}"
+        return _from_arrays("mnist", _read_idx_pair(data_dir, "train", hint),
+                            _read_idx_pair(data_dir, "test", hint), 10)
+    return _from_arrays("mnist", *_tfds_arrays("mnist", None), 10)
+
+
+def cifar10(*, data_dir: str | None = None) -> DataSource:
+    """CIFAR-10 through tensorflow-datasets (32x32x3, 10 classes)."""
+    return _from_arrays("cifar10", *_tfds_arrays("cifar10", data_dir), 10,
+                        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+
+
+def cifar100(*, data_dir: str | None = None) -> DataSource:
+    """CIFAR-100 through tensorflow-datasets (32x32x3, 100 classes)."""
+    return _from_arrays("cifar100", *_tfds_arrays("cifar100", data_dir), 100,
+                        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+
+
+def imagenet2012(*, data_dir: str | None = None, image_size: int = 224) -> DataSource:
+    """ImageNet-1k through tensorflow-datasets; examples decoded and resized on the fly.
+
+    Training images are resized to `image_size` here; the Inception-style random-resized-crop
+    augmentation of the ResNet-50 recipe belongs to the augmentation policy.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder("imagenet2012", data_dir=data_dir)
+        info = builder.info
+        num_train = info.splits["train"].num_examples
+        num_test = info.splits["validation"].num_examples
+    except Exception as e:
+        raise UserInputError(
+            f"dataset 'imagenet2012' is not available ({type(e).__name__}); prepare it with "
+            f"`tfds build imagenet2012` (manual download) and pass data_dir=..."
+        ) from None
+
+    def examples(split):
+        def make():
+            ds = builder.as_dataset(split=split, as_supervised=True)
+            return ds.map(lambda x, y: (tf.cast(tf.image.resize(x, (image_size, image_size)),
+                                                tf.uint8), tf.cast(y, tf.int32)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+        return make
+
+    return DataSource(
+        name="imagenet2012", input_shape=(image_size, image_size, 3), num_classes=1000,
+        num_train=num_train, num_test=num_test,
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        train_examples=examples("train"), test_examples=examples("validation"),
+    )
+
+
+SOURCES: dict[str, Callable[..., DataSource]] = {
+    "fashion_mnist": fashion_mnist,
+    "mnist": mnist,
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+    "imagenet2012": imagenet2012,
+}
+
+
+def get_source(name: str, **options) -> DataSource:
+    """Load the data source `name` (see the table in this module's docstring)."""
+    if name not in SOURCES:
+        raise UserInputError(
+            f"unknown dataset {name!r}; choose one of {', '.join(sorted(SOURCES))}"
+        )
+    return SOURCES[name](**options)

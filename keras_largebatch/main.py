@@ -1,0 +1,81 @@
+"""Run one experiment from gin files.
+
+    python -m keras_largebatch.main                                  # gin/default.gin
+    python -m keras_largebatch.main --gin_file=gin/experiments/<x>.gin \\
+        --gin_bindings='train.epochs = 3' --run_dir=runs/my_run
+    keras-largebatch ...                                             # same flags
+
+Rerunning with the same --run_dir resumes from its latest checkpoint. Bad input ends with one
+line on stderr naming the value and the fix, exit status 2, and no change to the run dir.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_GIN_DIR = os.path.join(REPO_DIR, "gin")  # includes are written "gin/models/x.gin"
+
+flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'train.epochs = 3'.")
+flags.DEFINE_multi_string("gin_search_paths", [], "Extra folders for gin file includes.")
+flags.DEFINE_string("run_dir", None, "Output folder (default runs/<config>-<time>).")
+flags.DEFINE_bool("overwrite", False, "Delete --run_dir's previous run and start afresh.")
+flags.DEFINE_bool("list_configurables", False, "Print every bindable name and exit.")
+FLAGS = flags.FLAGS
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+    from absl import logging
+
+    import gin
+
+    logging.set_verbosity(logging.WARNING)  # gin logs every include lookup at INFO/ERROR
+
+    from keras_largebatch import config
+    from keras_largebatch.errors import UserInputError
+    from keras_largebatch.training import loop
+
+    config.register_configurables()
+    if FLAGS.list_configurables:
+        print("\n".join(config.list_configurables()))
+        return
+    for path in [os.getcwd(), REPO_DIR, *FLAGS.gin_search_paths]:
+        gin.add_config_file_search_path(path)
+    gin_files = FLAGS.gin_file or [os.path.join(REPO_GIN_DIR, "default.gin")]
+    try:
+        gin.parse_config_files_and_bindings(gin_files, FLAGS.gin_bindings)
+    except (ValueError, KeyError, OSError, SyntaxError, TypeError, NameError) as e:
+        _fail(f"bad gin config: {str(e).splitlines()[0]} (check --gin_file / "
+              f"--gin_bindings; --list_configurables shows valid names)")
+    name = os.path.splitext(os.path.basename(gin_files[-1]))[0]
+    run_dir = FLAGS.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        loop.train(run_dir=run_dir, overwrite=FLAGS.overwrite, config_text=gin.config_str(),
+                   operative_config=gin.operative_config_str)
+    except UserInputError as e:
+        _fail(str(e))
+    except TypeError as e:  # a binding of the wrong type reaching a library function
+        _fail(f"bad value in the gin config: {str(e).splitlines()[0]}")
+
+
+def run() -> None:
+    """Console script `keras-largebatch`."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,286 @@
+"""The framework's training loop: `train(run_dir=..., ...)`, read top-down.
+
+    python -m keras_largebatch.main --gin_file=gin/experiments/<x>.gin --run_dir=runs/x
+
+Sections: arguments -> strategy -> data -> batch phases -> model and optimizer -> run dir ->
+checkpoint restore -> epochs (phase switch, compiled step, progress bar, evaluation,
+TensorBoard, checkpoint) -> results.json. Every schedule is keyed on the fractional epoch in
+`Progress` (DESIGN.md), so a new batch size only means a new input pipeline: the compiled step
+is reused (see step.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_largebatch.data import check_batch_size, eval_dataset, get_source
+from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn
+from keras_largebatch.errors import UserInputError
+from keras_largebatch.models import build_model
+from keras_largebatch.training import run_dir as rundir
+from keras_largebatch.training.metrics import RunningMetrics, example_stats
+from keras_largebatch.training.optimizer_factory import create_optimizer
+from keras_largebatch.training.progress import default_progress
+from keras_largebatch.training.step import TrainStep, per_example_loss_fn
+from keras_largebatch.training.strategy import is_chief, make_strategy
+from keras_largebatch.training.summaries import Summaries
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A span of epochs trained with one global batch size and LR multiplier."""
+
+    start_epoch: int
+    end_epoch: int
+    batch_size: int
+    lr_multiplier: float = 1.0
+
+
+def resolve_phases(batch_schedule, batch_size: int, epochs: int) -> list[Phase]:
+    """Phases of the run: from a batch schedule (`.phases(epochs)`) or one fixed batch size."""
+    if batch_schedule is None:
+        return [Phase(0, epochs, batch_size, 1.0)]
+    phases = []
+    for p in batch_schedule.phases(epochs):
+        start, end = float(p.start_epoch), float(p.end_epoch)
+        if start != int(start) or end != int(end):
+            raise UserInputError(
+                f"batch phase boundary at epoch {start if start != int(start) else end} is "
+                f"not a whole epoch; phase boundaries must fall on epoch ends"
+            )
+        phases.append(Phase(int(start), int(end), int(p.batch_size),
+                            float(getattr(p, "lr_multiplier", 1.0))))
+    return phases
+
+
+def _positive(name: str, value, kind=float) -> None:
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value) == int(value)
+    if not ok or not math.isfinite(float(value)) or value <= 0:
+        raise UserInputError(f"train.{name} must be a positive {kind.__name__}; got {value!r}")
+
+
+def _evaluate_fn(model: keras.Model):
+    loss_fn = per_example_loss_fn()
+
+    @tf.function
+    def evaluate_batch(images, labels):
+        logits = model(images, training=False)
+        return example_stats(labels, logits, loss_fn(labels, logits))
+
+    def evaluate(dataset) -> dict[str, float]:
+        totals = np.zeros(3)
+        for images, labels in dataset:
+            totals += [float(t) for t in evaluate_batch(images, labels)]
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+
+    return evaluate
+
+
+def _current_lr(optimizer) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def train(
+    *,
+    run_dir: str,
+    dataset: str = "fashion_mnist",
+    model: str = "cnn_fashion",
+    optimizer: str = "momentum",
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.05,
+    batch_size: int = 128,
+    batch_schedule=None,
+    epochs: int = 8,
+    seed: int = 0,
+    repeats: int = 1,
+    augment: Callable | None = None,
+    eval_batch_size: int = 1000,
+    log_every_steps: int = 50,
+    checkpoints_to_keep: int = 2,
+    overwrite: bool = False,
+    verbose: bool = True,
+    config_text: str = "",
+    operative_config: Callable[[], str] | None = None,
+) -> dict:
+    """Train `model` on `dataset`; write TensorBoard, checkpoints and results.json to run_dir.
+
+    `batch_size` is the global batch of distinct samples per update (all replicas); with
+    `repeats=M` each update sees M augmented copies of them (seed 003). `batch_schedule`
+    (AdaBatch, PiecewiseBatch, ...) overrides `batch_size` by phase. Returns the results dict.
+    """
+    # ---- Arguments --------------------------------------------------------------------------
+    _positive("epochs", epochs, int)
+    _positive("batch_size", batch_size, int)
+    if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        _positive("learning_rate", learning_rate)
+    keras.utils.set_random_seed(seed)
+
+    # ---- Strategy and data ------------------------------------------------------------------
+    strategy = make_strategy()
+    replicas = strategy.num_replicas_in_sync
+    source = get_source(dataset)
+    phases = resolve_phases(batch_schedule, batch_size, epochs)
+    for p in phases:
+        check_batch_size(p.batch_size, replicas, source.num_train)
+        check_batch_size(p.batch_size * repeats, replicas, source.num_train * repeats,
+                         what="effective batch (batch_size x repeats)")
+
+    # ---- Model and optimizer ----------------------------------------------------------------
+    progress = default_progress()
+    with strategy.scope():
+        net = build_model(model, input_shape=source.input_shape,
+                          num_classes=source.num_classes)
+        opt = create_optimizer(optimizer, learning_rate=learning_rate)
+        opt.build(net.trainable_variables)
+        metrics = RunningMetrics()
+    step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
+                     metrics=metrics, repeats=repeats)
+    evaluate = _evaluate_fn(net)
+    test_data = eval_dataset(source, batch_size=eval_batch_size)
+
+    # ---- Run directory (nothing is written before all checks above passed) -----------------
+    chief = is_chief()
+    rundir.check_compatible(run_dir, config_text, overwrite=overwrite)
+    if chief:
+        rundir.prepare(run_dir, config_text, overwrite=overwrite)
+    summaries = Summaries(run_dir, enabled=chief)
+    checkpoint = tf.train.Checkpoint(model=net, optimizer=opt, progress=progress,
+                                     metrics=metrics)
+    ckpt_dir = os.path.join(run_dir, "checkpoints" if chief else f"checkpoints-worker-{id(net)}")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
+                                         max_to_keep=checkpoints_to_keep)
+    history_path = os.path.join(run_dir, rundir.HISTORY_FILE)
+
+    # ---- Restore ----------------------------------------------------------------------------
+    history: list[dict] = []
+    start_epoch, skip_steps = 0, 0
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        start_epoch = int(progress.epoch_index.numpy())
+        skip_steps = int(progress.step_in_epoch.numpy())
+        if skip_steps >= int(progress.steps_per_epoch.numpy()):
+            start_epoch, skip_steps = start_epoch + 1, 0
+        history = [h for h in rundir.read_json(history_path, []) if h["epoch"] <= start_epoch]
+        if verbose:
+            print(f"Resuming {run_dir} at epoch {start_epoch + skip_steps / 1e9:.0f}"
+                  f"{f' step {skip_steps}' if skip_steps else ''} from "
+                  f"{manager.latest_checkpoint}", flush=True)
+    else:
+        progress.samples_seen.assign(0)
+        progress.begin_epoch(0, 1)
+        metrics.reset()
+    if config_text:
+        summaries.text("config", config_text)
+    if operative_config is not None:
+        summaries.text("operative_config", operative_config())
+
+    # ---- Train ------------------------------------------------------------------------------
+    wall_start = time.perf_counter()
+    status = "completed"
+    for phase_index, phase in enumerate(phases):
+        if phase.end_epoch <= start_epoch:
+            continue
+        steps = steps_per_epoch(source.num_train, phase.batch_size)
+        if phase_index and phase.start_epoch >= start_epoch and verbose:
+            print(f"Phase {phase_index}: global batch {phase.batch_size} from epoch "
+                  f"{phase.start_epoch}", flush=True)
+        summaries.text("events", f"phase {phase_index}: batch {phase.batch_size}, lr x"
+                       f"{phase.lr_multiplier} from epoch {phase.start_epoch}",
+                       step=phase.start_epoch)
+        for epoch in range(max(phase.start_epoch, start_epoch), phase.end_epoch):
+            skip = skip_steps if epoch == start_epoch else 0
+            if not skip:
+                metrics.reset()
+            progress.begin_epoch(epoch, steps, skip)
+            dist = strategy.distribute_datasets_from_function(train_dataset_fn(
+                source, global_batch_size=phase.batch_size, epoch=epoch, seed=seed,
+                skip_steps=skip, repeats=repeats, augment=augment))
+            iterator = iter(dist)
+            bar = keras.utils.Progbar(steps, verbose=1 if sys.stdout.isatty() else 2,
+                                      stateful_metrics=["loss", "accuracy"])
+            if verbose:
+                print(f"Epoch {epoch + 1}/{epochs} (global batch {phase.batch_size}, "
+                      f"{steps} steps)", flush=True)
+            epoch_start = time.perf_counter()
+            bar_every = max(1, steps // 40)
+            for i in range(skip, steps):
+                step(iterator)
+                if (i + 1) % log_every_steps == 0:
+                    r = metrics.result()
+                    summaries.scalars({"step/loss": r["loss"],
+                                       "step/learning_rate": _current_lr(opt),
+                                       "step/batch_size": phase.batch_size},
+                                      step=int(progress.samples_seen.numpy()))
+                if verbose and ((i + 1) % bar_every == 0 or i + 1 == steps):
+                    bar.update(i + 1, list(metrics.result().items()))
+            epoch_time = time.perf_counter() - epoch_start
+            train_result = metrics.result()
+            test_result = evaluate(test_data)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": train_result["loss"],
+                "train_accuracy": train_result["accuracy"],
+                "test_loss": test_result["loss"],
+                "test_accuracy": test_result["accuracy"],
+                "learning_rate": _current_lr(opt),
+                "batch_size": phase.batch_size,
+                "effective_batch_size": phase.batch_size * repeats,
+                "samples_per_second": (steps - skip) * phase.batch_size / epoch_time,
+                "epoch_time_s": epoch_time,
+            }
+            history.append(record)
+            summaries.scalars({
+                "train/loss": record["train_loss"], "train/accuracy": record["train_accuracy"],
+                "test/loss": record["test_loss"], "test/accuracy": record["test_accuracy"],
+                "learning_rate": record["learning_rate"], "batch_size": phase.batch_size,
+                "samples_per_second": record["samples_per_second"],
+                "epoch_time_s": epoch_time,
+            }, step=epoch + 1)
+            summaries.flush()
+            if verbose:
+                print(f"  test_loss: {test_result['loss']:.4f} - "
+                      f"test_accuracy: {test_result['accuracy']:.4f}", flush=True)
+            if not math.isfinite(train_result["loss"]):
+                status = "diverged"
+                print(f"error: training diverged at epoch {epoch + 1} (loss "
+                      f"{train_result['loss']}); lower the learning rate", file=sys.stderr)
+                break
+            progress.begin_epoch(epoch + 1, steps)
+            manager.save(checkpoint_number=epoch + 1)
+            if chief:
+                rundir.write_json_atomic(history_path, history)
+        if status != "completed":
+            break
+
+    # ---- Results ----------------------------------------------------------------------------
+    test_acc = [h["test_accuracy"] for h in history]
+    results = {
+        "status": status,
+        "dataset": dataset,
+        "model": model,
+        "optimizer": optimizer,
+        "replicas": replicas,
+        "epochs": history,
+        "final_test_accuracy": test_acc[-1] if test_acc else None,
+        "best_test_accuracy": max(test_acc) if test_acc else None,
+        "batch_size_per_epoch": [h["batch_size"] for h in history],
+        "wall_time_s": time.perf_counter() - wall_start,
+        "trace_count": step.trace_count,
+    }
+    if chief:
+        rundir.write_json_atomic(os.path.join(run_dir, rundir.RESULTS_FILE), results)
+    summaries.flush()
+    if verbose and test_acc:
+        print(f"Final test accuracy: {test_acc[-1]:.4f} (best {max(test_acc):.4f}); "
+              f"results in {os.path.join(run_dir, rundir.RESULTS_FILE)}", flush=True)
+    return results

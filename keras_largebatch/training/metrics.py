@@ -1,0 +1,40 @@
+"""Running sums of loss and accuracy, kept in variables so the compiled step updates them
+without a host round-trip; the host reads them every few steps for the progress bar and at
+the end of an epoch for TensorBoard."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class RunningMetrics(tf.Module):
+    """loss_sum, correct and count over examples seen since the last `reset`."""
+
+    def __init__(self, name: str = "metrics"):
+        super().__init__(name=name)
+        kw = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, name="loss_sum", **kw)
+        self.correct = tf.Variable(0.0, dtype=tf.float64, name="correct", **kw)
+        self.count = tf.Variable(0.0, dtype=tf.float64, name="count", **kw)
+
+    def reset(self) -> None:
+        for v in (self.loss_sum, self.correct, self.count):
+            v.assign(0.0)
+
+    def update(self, loss_sum, correct, count) -> None:
+        self.loss_sum.assign_add(tf.cast(loss_sum, tf.float64))
+        self.correct.assign_add(tf.cast(correct, tf.float64))
+        self.count.assign_add(tf.cast(count, tf.float64))
+
+    def result(self) -> dict[str, float]:
+        n = max(float(self.count.numpy()), 1.0)
+        return {"loss": float(self.loss_sum.numpy()) / n,
+                "accuracy": float(self.correct.numpy()) / n}
+
+
+def example_stats(labels, logits, per_example_loss):
+    """Sum of losses, number correct, number of examples for one (per-replica) batch."""
+    predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+    correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
+    count = tf.cast(tf.shape(labels)[0], tf.float32)
+    return tf.reduce_sum(per_example_loss), correct, count

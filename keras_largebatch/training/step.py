@@ -1,0 +1,81 @@
+"""The compiled train step of the framework loop: one trace for every batch size.
+
+    step = TrainStep(model=..., optimizer=..., strategy=..., progress=..., metrics=...)
+    step(distributed_iterator)      # one optimizer update on the next global batch
+
+Per replica: loss = sum_i l(x_i, y_i) / (global effective batch) + model.losses / replicas;
+gradients go to `optimizer.apply_gradients`, which (Keras 3, TF backend) all-reduces them
+across replicas - exactly once, never here. Afterwards, in cross-replica context, the running
+metrics and the `Progress` (fractional epoch, samples seen) advance.
+
+The distributed iterator's element spec has a `None` batch dimension (see data/pipeline.py),
+so `tf.function` traces this once for the whole run; `trace_count` lets tests check that.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_largebatch.training.metrics import RunningMetrics, example_stats
+from keras_largebatch.training.progress import Progress
+
+
+def per_example_loss_fn():
+    """Sparse categorical cross-entropy on logits, one value per example."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+
+class TrainStep:
+    """Callable `step(iterator)`; compiled lazily on first call."""
+
+    def __init__(
+        self,
+        *,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        strategy: tf.distribute.Strategy,
+        progress: Progress,
+        metrics: RunningMetrics,
+        repeats: int = 1,
+        jit_compile: bool = False,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.progress = progress
+        self.metrics = metrics
+        self.repeats = repeats
+        self.loss_fn = per_example_loss_fn()
+        self.trace_count = 0
+        self._jit_compile = jit_compile
+        self._step = tf.function(self._distributed_step)
+
+    def __call__(self, iterator) -> None:
+        self._step(iterator)
+
+    def _replica_step(self, images, labels):
+        replicas = self.strategy.num_replicas_in_sync
+        global_batch = tf.cast(tf.shape(labels)[0] * replicas, tf.float32)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            per_example = self.loss_fn(labels, logits)
+            loss = tf.reduce_sum(per_example) / global_batch
+            if self.model.losses:
+                loss += tf.add_n(self.model.losses) / replicas
+            if hasattr(self.optimizer, "scale_loss"):
+                loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return example_stats(labels, logits, per_example)
+
+    def _distributed_step(self, iterator):
+        self.trace_count += 1  # Python side effect: runs only while tracing
+        images, labels = next(iterator)
+        stats = self.strategy.run(self._replica_step, args=(images, labels))
+        loss_sum, correct, count = (
+            self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in stats
+        )
+        self.metrics.update(loss_sum, correct, count)
+        self.progress.advance(count / self.repeats)

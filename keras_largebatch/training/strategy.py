@@ -1,0 +1,81 @@
+"""Pick the tf.distribute strategy for this process.
+
+    make_strategy()                      GPUs if any, else the one CPU (MirroredStrategy)
+    make_strategy(num_cpu_replicas=2)    2 logical CPU devices, MirroredStrategy over them
+    TF_CONFIG={"cluster": ..., "task": ...} in the environment -> MultiWorkerMirroredStrategy
+
+Logical CPU devices can only be created before TensorFlow initialises its runtime, so call this
+before anything else touches a device (main does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from keras_largebatch.errors import UserInputError
+
+
+def _tf_config() -> dict | None:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        cfg = json.loads(raw)
+        workers = cfg["cluster"]["worker"]
+        task = cfg["task"]
+        if task["type"] != "worker" or not 0 <= int(task["index"]) < len(workers):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise UserInputError(
+            f"TF_CONFIG is malformed ({raw[:80]!r}); expected "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+            '"index": i}} or unset it for single-machine training'
+        ) from None
+    return cfg
+
+
+def _use_logical_cpus(n: int) -> list[str]:
+    cpus = tf.config.list_physical_devices("CPU")
+    current = tf.config.get_logical_device_configuration(cpus[0])
+    if not current or len(current) != n:
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration()] * n
+            )
+        except RuntimeError:
+            have = len(tf.config.list_logical_devices("CPU"))
+            if have < n:
+                raise UserInputError(
+                    f"num_cpu_replicas={n} but TensorFlow already started with {have} CPU "
+                    f"device(s); set it before any TensorFlow op runs (fresh process)"
+                ) from None
+    return [d.name for d in tf.config.list_logical_devices("CPU")][:n]
+
+
+def make_strategy(*, num_cpu_replicas: int = 0) -> tf.distribute.Strategy:
+    """MultiWorkerMirrored if TF_CONFIG is set, else Mirrored over GPUs or CPU devices.
+
+    `num_cpu_replicas` > 0 forces that many logical CPU replicas (testing multi-replica code on
+    a CPU machine; per worker under TF_CONFIG).
+    """
+    if num_cpu_replicas < 0:
+        raise UserInputError(f"num_cpu_replicas must be >= 0; got {num_cpu_replicas}")
+    if _tf_config() is not None:
+        if num_cpu_replicas:
+            _use_logical_cpus(num_cpu_replicas)
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if num_cpu_replicas:
+        return tf.distribute.MirroredStrategy(_use_logical_cpus(num_cpu_replicas))
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    return tf.distribute.MirroredStrategy([tf.config.list_logical_devices("CPU")[0].name])
+
+
+def is_chief() -> bool:
+    """True on the process that writes summaries, results and the primary checkpoint."""
+    cfg = _tf_config()
+    return cfg is None or int(cfg["task"]["index"]) == 0

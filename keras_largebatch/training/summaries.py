@@ -1,0 +1,41 @@
+"""TensorBoard output of a run. Tags (see README "TensorBoard"):
+
+per epoch (x-axis = epoch):  train/loss, train/accuracy, test/loss, test/accuracy,
+                             learning_rate, batch_size, samples_per_second, epoch_time_s
+per logged step (x-axis = samples seen): step/loss, step/learning_rate, step/batch_size
+text: config (the gin config), events (phase switches, divergence)
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+
+class Summaries:
+    """Writes scalars and text on the chief; a no-op writer elsewhere."""
+
+    def __init__(self, run_dir: str, *, enabled: bool = True):
+        self.enabled = enabled
+        self._writer = (
+            tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
+            if enabled else tf.summary.create_noop_writer()
+        )
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        with self._writer.as_default(step=int(step)):
+            for tag, value in values.items():
+                tf.summary.scalar(tag, value)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        with self._writer.as_default(step=int(step)):
+            tf.summary.histogram(tag, values)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        with self._writer.as_default(step=int(step)):
+            # Markdown: indent by 4 so gin's syntax shows verbatim.
+            tf.summary.text(tag, "\n".join("    " + line for line in text.splitlines()))
+
+    def flush(self) -> None:
+        self._writer.flush()
