@@ -72,20 +72,21 @@ def _tfds_arrays(tfds_name: str, data_dir: str | None) -> tuple[Arrays, Arrays]:
     import tensorflow_datasets as tfds
 
     try:
-        train, test = tfds.as_numpy(
-            tfds.load(tfds_name, split=["train", "test"], batch_size=-1,
-                      as_supervised=True, data_dir=data_dir)
-        )
+        splits = tfds.load(tfds_name, split=["train", "test"], as_supervised=True,
+                           data_dir=data_dir)
     except Exception as e:  # tfds raises many types for "not downloadable here"
         raise UserInputError(
             f"dataset {tfds_name!r} could not be loaded with tfds ({type(e).__name__}); "
             f"download it on a networked machine with `tfds build {tfds_name}` and pass "
             f"data_dir=..., or choose dataset='fashion_mnist'"
         ) from None
-    return (
-        (np.asarray(train[0], np.uint8), np.asarray(train[1], np.int32)),
-        (np.asarray(test[0], np.uint8), np.asarray(test[1], np.int32)),
-    )
+
+    def to_arrays(ds) -> Arrays:
+        parts = list(tfds.as_numpy(ds.batch(8192)))
+        return (np.concatenate([p[0] for p in parts]).astype(np.uint8),
+                np.concatenate([p[1] for p in parts]).astype(np.int32))
+
+    return to_arrays(splits[0]), to_arrays(splits[1])
 
 
 def _from_arrays(name, train: Arrays, test: Arrays, num_classes, mean=None, std=None):
@@ -138,6 +139,16 @@ def cifar100(*, data_dir: str | None = None) -> DataSource:
                         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 
 
+def _num_examples(builder, split: str) -> int:
+    """Split size from the dataset info, else counted (tfds' mock data carries no info)."""
+    splits = builder.info.splits
+    if split in splits:
+        return splits[split].num_examples
+    ds = builder.as_dataset(split=split)
+    n = int(ds.cardinality())
+    return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
+
+
 def imagenet2012(*, data_dir: str | None = None, image_size: int = 224) -> DataSource:
     """ImageNet-1k through tensorflow-datasets; examples decoded and resized on the fly.
 
@@ -148,9 +159,7 @@ def imagenet2012(*, data_dir: str | None = None, image_size: int = 224) -> DataS
 
     try:
         builder = tfds.builder("imagenet2012", data_dir=data_dir)
-        info = builder.info
-        num_train = info.splits["train"].num_examples
-        num_test = info.splits["validation"].num_examples
+        num_train, num_test = (_num_examples(builder, split) for split in ("train", "validation"))
     except Exception as e:
         raise UserInputError(
             f"dataset 'imagenet2012' is not available ({type(e).__name__}); prepare it with "
