@@ -27,12 +27,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+import tensorflow as tf
 
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.schedules import batch as batch_lib
 from keras_largebatch.schedules.callback import ProgressCallback
 
-_CARRIED = ("epochs", "initial_epoch", "x", "batch_size")
+_CARRIED = ("initial_epoch", "x", "y", "batch_size")
 
 
 def fit_with_batch_schedule(
@@ -48,7 +49,8 @@ def fit_with_batch_schedule(
 
     `make_dataset(batch_size)` returns what `fit` takes as `x` (a batched `tf.data.Dataset`
     yielding (x, y) or (x, y, sample_weight)). Other keyword arguments (`validation_data`,
-    `verbose`, `steps_per_epoch`, ...) go to every `fit` call.
+    `verbose`, `steps_per_epoch`, ...) go to every `fit` call; `shuffle` defaults to False
+    for `tf.data` datasets (shuffle in `make_dataset`).
     """
     for name in _CARRIED:
         if name in fit_kwargs:
@@ -70,12 +72,16 @@ def fit_with_batch_schedule(
     for phase in phases:
         for cb in progress_cbs:
             cb.batch_size = phase.batch_size
+        dataset = make_dataset(phase.batch_size)
+        kwargs = dict(fit_kwargs)
+        if isinstance(dataset, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # a dataset shuffles itself; Keras would warn
         history = model.fit(
-            make_dataset(phase.batch_size),
+            dataset,
             initial_epoch=phase.start_epoch,
             epochs=phase.end_epoch,
             callbacks=callbacks,
-            **fit_kwargs,
+            **kwargs,
         )
         merged.epoch.extend(history.epoch)
         for key, values in history.history.items():
