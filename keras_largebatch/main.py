@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
     gin_files = FLAGS.gin_file or [os.path.join(REPO_GIN_DIR, "default.gin")]
     try:
         gin.parse_config_files_and_bindings(gin_files, FLAGS.gin_bindings)
-    except (ValueError, KeyError, OSError, SyntaxError, TypeError, NameError) as e:
+    except Exception as e:  # gin raises many types (ValueError, TokenError, ...) for bad text
         _fail(f"bad gin config: {str(e).splitlines()[0]} (check --gin_file / "
               f"--gin_bindings; --list_configurables shows valid names)")
     name = os.path.splitext(os.path.basename(gin_files[-1]))[0]

@@ -101,8 +101,31 @@ def _from_arrays(name, train: Arrays, test: Arrays, num_classes, mean=None, std=
     )
 
 
-def fashion_mnist(*, data_dir: str = FASHION_MNIST_DIR, tfds_fallback: bool = True) -> DataSource:
-    """Fashion-MNIST (Xiao et al. 2017), 60k/10k 28x28 grey images, 10 classes."""
+def fashion_mnist(
+    *,
+    data_dir: str = FASHION_MNIST_DIR,
+    tfds_fallback: bool = True,
+    max_train_examples: int | None = None,
+    max_test_examples: int | None = None,
+) -> DataSource:
+    """Fashion-MNIST (Xiao et al. 2017), 60k/10k 28x28 grey images, 10 classes.
+
+    `max_*_examples` keep only the first examples (quick runs and tests; the dataset's
+    normalisation constants stay those of the full training set).
+    """
+    source = _fashion_mnist(data_dir, tfds_fallback)
+    if max_train_examples is None and max_test_examples is None:
+        return source
+    (x, y), (xt, yt) = source.train_arrays, source.test_arrays
+    n, nt = max_train_examples or len(x), max_test_examples or len(xt)
+    for what, value in (("max_train_examples", n), ("max_test_examples", nt)):
+        if not 0 < value:
+            raise UserInputError(f"fashion_mnist.{what} must be positive; got {value}")
+    return dataclasses.replace(source, num_train=min(n, len(x)), num_test=min(nt, len(xt)),
+                               train_arrays=(x[:n], y[:n]), test_arrays=(xt[:nt], yt[:nt]))
+
+
+def _fashion_mnist(data_dir: str, tfds_fallback: bool) -> DataSource:
     hint = (
         "install it with: apt-get install -y dataset-fashion-mnist (or set "
         "fashion_mnist.data_dir to a folder holding the four IDX .gz files)"

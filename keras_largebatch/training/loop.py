@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ from keras_largebatch.training.progress import default_progress
 from keras_largebatch.training.step import TrainStep, per_example_loss_fn
 from keras_largebatch.training.strategy import is_chief, make_strategy
 from keras_largebatch.training.summaries import Summaries
+
+# Test-only: SIGKILL this process right after global update N (resume tests drive the real CLI).
+_KILL_AT_STEP = int(os.environ.get("KERAS_LARGEBATCH_TEST_KILL_AT_STEP", "0"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +176,7 @@ def train(
             start_epoch, skip_steps = start_epoch + 1, 0
         history = [h for h in rundir.read_json(history_path, []) if h["epoch"] <= start_epoch]
         if verbose:
-            print(f"Resuming {run_dir} at epoch {start_epoch + skip_steps / 1e9:.0f}"
-                  f"{f' step {skip_steps}' if skip_steps else ''} from "
+            print(f"Resuming {run_dir} at epoch {start_epoch + 1}, step {skip_steps}, from "
                   f"{manager.latest_checkpoint}", flush=True)
     else:
         progress.samples_seen.assign(0)
@@ -186,6 +189,7 @@ def train(
 
     # ---- Train ------------------------------------------------------------------------------
     wall_start = time.perf_counter()
+    updates = int(opt.iterations.numpy())  # host-side mirror of the update counter
     status = "completed"
     for phase_index, phase in enumerate(phases):
         if phase.end_epoch <= start_epoch:
@@ -215,7 +219,10 @@ def train(
             bar_every = max(1, steps // 40)
             for i in range(skip, steps):
                 step(iterator)
-                if (i + 1) % log_every_steps == 0:
+                updates += 1
+                if updates == _KILL_AT_STEP:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if updates % log_every_steps == 0:
                     r = metrics.result()
                     summaries.scalars({"step/loss": r["loss"],
                                        "step/learning_rate": _current_lr(opt),

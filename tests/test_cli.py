@@ -1,0 +1,86 @@
+"""The command line, as a user runs it: real processes, real Fashion-MNIST."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from .cli import TINY, run_cli
+
+QUICK = [
+    "--gin_bindings=fashion_mnist.max_train_examples = 12000",
+    "--gin_bindings=train.batch_size = 256",   # 46 updates per epoch
+    "--gin_bindings=train.epochs = 2",
+]
+
+
+def _event_tags(run_dir: Path) -> set[str]:
+    tags = set()
+    for path in (run_dir / "tensorboard").glob("events.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_two_replica_run_writes_results_config_and_tensorboard(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*TINY, *QUICK, "--gin_bindings=make_strategy.num_cpu_replicas = 2",
+                   f"--run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Final test accuracy" in proc.stdout and "46/46" in proc.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["replicas"] == 2
+    assert [e["epoch"] for e in results["epochs"]] == [1, 2]
+    assert results["batch_size_per_epoch"] == [256, 256]
+    assert results["trace_count"] == 1
+    assert results["final_test_accuracy"] > 0.6  # chance is 0.1
+    assert results["best_test_accuracy"] == max(e["test_accuracy"] for e in results["epochs"])
+    assert "train.epochs = 2" in (run_dir / "config.gin").read_text()
+    tags = _event_tags(run_dir)
+    for tag in ("train/loss", "train/accuracy", "test/loss", "test/accuracy", "learning_rate",
+                "batch_size", "samples_per_second", "epoch_time_s", "config",
+                "operative_config", "step/loss", "step/learning_rate"):
+        assert tag in tags, tag
+
+
+def test_killed_run_resumes_at_the_right_epoch(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, *QUICK, f"--run_dir={run_dir}"]
+    killed = run_cli(*args, env={"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": str(46 + 10)})
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL during epoch 2
+    first_epoch = json.loads((run_dir / "history.json").read_text())
+    assert [e["epoch"] for e in first_epoch] == [1]
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming" in resumed.stdout and "at epoch 2, step 0" in resumed.stdout
+    assert "Epoch 1/2" not in resumed.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [e["epoch"] for e in results["epochs"]] == [1, 2]
+    assert results["epochs"][0] == first_epoch[0]  # epoch 1 was not retrained
+
+
+def test_console_script_lists_configurables():
+    script = str(Path(sys.executable).with_name("keras-largebatch"))
+    proc = run_cli("--list_configurables", script=script)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = proc.stdout.split()
+    for name in ("train", "make_strategy", "fashion_mnist", "cnn_fashion", "resnet20", "SGD"):
+        assert name in names
+
+
+def test_default_gin_matches_the_train_defaults():
+    """gin/default.gin states the experiment `train`'s own defaults would run."""
+    import inspect
+
+    from keras_largebatch.training.loop import train
+
+    text = (Path(__file__).resolve().parents[1] / "gin" / "default.gin").read_text()
+    defaults = inspect.signature(train).parameters
+    for name in ("optimizer", "learning_rate", "batch_size", "epochs"):
+        value = defaults[name].default
+        assert f"train.{name} = {value!r}".replace('"', "'") in text.replace('"', "'"), name
+    assert os.path.exists(Path(__file__).resolve().parents[1] / "gin" / "tests" / "tiny.gin")
+    np.testing.assert_equal(defaults["dataset"].default, "fashion_mnist")
