@@ -93,16 +93,10 @@ class LARS(keras.optimizers.Optimizer):
             learning_rate = float(learning_rate)
         if weight_decay is None:
             weight_decay = 0.0
-        super().__init__(
-            learning_rate=learning_rate, weight_decay=None, name=name, **kwargs
-        )
+        super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
         if not _is_number(momentum) or not 0 <= momentum < 1:
-            raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-            )
-        if not _is_number(weight_decay) or not (
-            math.isfinite(weight_decay) and weight_decay >= 0
-        ):
+            raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={momentum}")
+        if not _is_number(weight_decay) or not (math.isfinite(weight_decay) and weight_decay >= 0):
             raise ValueError(
                 "`weight_decay` must be a finite number >= 0. "
                 f"Received: weight_decay={weight_decay}"
@@ -115,9 +109,7 @@ class LARS(keras.optimizers.Optimizer):
                 f"Received: trust_coefficient={trust_coefficient}"
             )
         if not _is_number(epsilon) or not (math.isfinite(epsilon) and epsilon >= 0):
-            raise ValueError(
-                f"`epsilon` must be a finite number >= 0. Received: epsilon={epsilon}"
-            )
+            raise ValueError(f"`epsilon` must be a finite number >= 0. Received: epsilon={epsilon}")
         if trust_ratio_form not in TRUST_RATIO_FORMS:
             raise ValueError(
                 f"`trust_ratio_form` must be one of {', '.join(TRUST_RATIO_FORMS)}. "

@@ -26,9 +26,7 @@ def find_lars(optimizer) -> LARS | None:
     return optimizer
 
 
-def write_trust_ratios(
-    optimizer: LARS, step: int, *, histogram_above: int = 32
-) -> None:
+def write_trust_ratios(optimizer: LARS, step: int, *, histogram_above: int = 32) -> None:
     """Write the latest trust ratios of `optimizer` at `step` to the default writer."""
     ratios = optimizer.trust_ratios()
     if not ratios:
@@ -38,9 +36,7 @@ def write_trust_ratios(
         tf.summary.histogram("lars/trust_ratio", values, step=step)
         return
     for path, ratio in ratios.items():
-        tf.summary.scalar(
-            f"lars/trust_ratio/{path}", tf.convert_to_tensor(ratio), step=step
-        )
+        tf.summary.scalar(f"lars/trust_ratio/{path}", tf.convert_to_tensor(ratio), step=step)
 
 
 class LarsTrustRatioLogger(keras.callbacks.Callback):
@@ -56,9 +52,7 @@ class LarsTrustRatioLogger(keras.callbacks.Callback):
     The summary step is the optimizer's iteration count after the batch.
     """
 
-    def __init__(
-        self, log_dir: str, every_n_batches: int = 100, histogram_above: int = 32
-    ):
+    def __init__(self, log_dir: str, every_n_batches: int = 100, histogram_above: int = 32):
         super().__init__()
         if not isinstance(every_n_batches, int) or every_n_batches < 1:
             raise ValueError(

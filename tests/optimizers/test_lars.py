@@ -145,22 +145,16 @@ def test_adapted_variable_two_steps_with_momentum_by_hand():
     #         step = 0.5 * 0.475 * [0.6, 0.8] = [0.1425, 0.19]
     #         v2 = 0.9 * [0.15, 0.2] + [0.1425, 0.19] = [0.2775, 0.37]
     #         w2 = [2.85 - 0.2775, 3.8 - 0.37] = [2.5725, 3.43]
-    opt = LARS(
-        learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1
-    )
+    opt = LARS(learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1)
     w = keras.Variable(f32([[3.0, 4.0]]), name="kernel")
     g = f32([[0.6, 0.8]])
     opt.apply_gradients([(g, w)])
     np.testing.assert_allclose(w.numpy(), [[2.85, 3.8]], rtol=1e-6)
-    np.testing.assert_allclose(
-        opt.trust_ratios()["kernel"].numpy(), 0.5 / 1.05, rtol=1e-6
-    )
+    np.testing.assert_allclose(opt.trust_ratios()["kernel"].numpy(), 0.5 / 1.05, rtol=1e-6)
     opt.apply_gradients([(g, w)])
     np.testing.assert_allclose(opt.momentums[0].numpy(), [[0.2775, 0.37]], rtol=1e-6)
     np.testing.assert_allclose(w.numpy(), [[2.5725, 3.43]], rtol=1e-6)
-    np.testing.assert_allclose(
-        opt.trust_ratios()["kernel"].numpy(), 0.475 / 1.0475, rtol=1e-6
-    )
+    np.testing.assert_allclose(opt.trust_ratios()["kernel"].numpy(), 0.475 / 1.0475, rtol=1e-6)
 
 
 def test_nesterov_single_step_by_hand():
@@ -203,9 +197,7 @@ def test_rank_1_bias_is_excluded_by_hand():
     # Bias b = [1, 2], g = [0.5, -0.5], lr 0.5, m 0.9, beta 0.01 (not applied):
     #   v1 = 0.5 * g = [0.25, -0.25];            b1 = [0.75, 2.25]
     #   v2 = 0.9 * v1 + 0.5 * g = [0.475, -0.475]; b2 = [0.275, 2.725]
-    opt = LARS(
-        learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1
-    )
+    opt = LARS(learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1)
     b = keras.Variable(f32([1.0, 2.0]), name="bias")
     g = f32([0.5, -0.5])
     opt.apply_gradients([(g, b)])
@@ -236,9 +228,7 @@ def test_name_excluded_kernel_by_hand(how):
     # Kernel [[3, 4]] of the excluded "head", g = [[0.6, 0.8]], lr 0.5, beta 0.01:
     #   v1 = 0.5 * g = [0.3, 0.4]; w1 = [2.7, 3.6]   (no trust ratio, no decay)
     # The other kernel [[3, 4]] is adapted: w1 = [2.85, 3.8] as in the two-step test.
-    opt = LARS(
-        learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1
-    )
+    opt = LARS(learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1)
     head = keras.Variable(f32([[3.0, 4.0]]), name="head_kernel")
     body = keras.Variable(f32([[3.0, 4.0]]), name="body_kernel")
     if how == "var_names":
@@ -267,9 +257,7 @@ def test_zero_norm_variable_and_zero_gradient_use_lambda_1():
     #   = [-0.3, -0.4].
     # Zero gradient: ||g|| = 0 -> lambda = 1: w1 = [3, 4] - 0.5 * 0.01 * [3, 4]
     #   = [2.985, 3.98].
-    opt = LARS(
-        learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1
-    )
+    opt = LARS(learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1)
     zero_w = keras.Variable(f32([[0.0, 0.0]]), name="zero_kernel")
     zero_g = keras.Variable(f32([[3.0, 4.0]]), name="still_kernel")
     opt.apply_gradients([(f32([[0.6, 0.8]]), zero_w), (f32([[0.0, 0.0]]), zero_g)])
@@ -282,9 +270,7 @@ def test_zero_norm_variable_and_zero_gradient_use_lambda_1():
 
 def test_zero_momentum_is_plain_lars_sgd():
     # m = 0: w1 = w - lr * lambda * (g + beta w) = [[3, 4]] - [0.15, 0.2] (as above).
-    opt = LARS(
-        learning_rate=0.5, momentum=0.0, weight_decay=0.01, trust_coefficient=0.1
-    )
+    opt = LARS(learning_rate=0.5, momentum=0.0, weight_decay=0.01, trust_coefficient=0.1)
     w = keras.Variable(f32([[3.0, 4.0]]), name="kernel")
     opt.apply_gradients([(f32([[0.6, 0.8]]), w)])
     np.testing.assert_allclose(w.numpy(), [[2.85, 3.8]], rtol=1e-6)
@@ -320,9 +306,7 @@ def test_five_steps_match_numpy_reference(case):
     grads = [[rng.normal(scale=0.1, size=x.shape) for x in init] for _ in range(5)]
     lr, eta = 2.0, 0.02
 
-    variables = [
-        keras.Variable(f32(x), name=n) for x, n in zip(init, names, strict=True)
-    ]
+    variables = [keras.Variable(f32(x), name=n) for x, n in zip(init, names, strict=True)]
     opt = LARS(learning_rate=lr, trust_coefficient=eta, **kwargs)
     opt.exclude_from_layer_adaptation(var_names=["head"])
     for step_grads in grads:
@@ -356,9 +340,7 @@ def test_learning_rate_schedule_matches_reference():
     rng = np.random.default_rng(1)
     init = [rng.normal(size=(4, 3)), rng.normal(size=(3,))]
     grads = [[rng.normal(size=x.shape) for x in init] for _ in range(3)]
-    variables = [
-        keras.Variable(f32(x), name=n) for x, n in zip(init, "kb", strict=True)
-    ]
+    variables = [keras.Variable(f32(x), name=n) for x, n in zip(init, "kb", strict=True)]
     for step_grads in grads:
         opt.apply_gradients(zip([f32(g) for g in step_grads], variables, strict=True))
     expected_w, _ = reference_lars(
@@ -477,9 +459,7 @@ def _train_small(optimizer, *, jit_compile=False, steps=4, batch_size=32):
 
 
 def _lars():
-    return LARS(
-        learning_rate=1.0, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.01
-    )
+    return LARS(learning_rate=1.0, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.01)
 
 
 def test_loss_scale_optimizer_matches_plain_lars_in_float32():
@@ -537,9 +517,7 @@ def test_mirrored_two_replicas_equal_one_device(two_cpu_strategy):
         per_replica = two_cpu_strategy.experimental_local_results(ratio.value)
         assert len(per_replica) == 2
         for value in per_replica:  # every replica computed the same local LR
-            np.testing.assert_allclose(
-                value.numpy(), ref_ratios[name].numpy(), rtol=1e-5
-            )
+            np.testing.assert_allclose(value.numpy(), ref_ratios[name].numpy(), rtol=1e-5)
 
 
 def test_mirrored_loss_scale_optimizer_equals_one_device(two_cpu_strategy):
@@ -559,9 +537,7 @@ def _read_events(log_dir):
     for name in os.listdir(log_dir):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
             for value in event.summary.value:
-                found.setdefault(value.tag, []).append(
-                    (event.step, tf.make_ndarray(value.tensor))
-                )
+                found.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
     return found
 
 
@@ -570,9 +546,7 @@ def test_trust_ratio_logger_writes_scalars(tmp_path):
     x, y = fashion_mnist_test_split()
     model = small_dense_model()
     model.compile(optimizer=_lars(), loss=loss_fn())
-    model.fit(
-        x[:160], y[:160], batch_size=32, shuffle=False, verbose=0, callbacks=[logger]
-    )
+    model.fit(x[:160], y[:160], batch_size=32, shuffle=False, verbose=0, callbacks=[logger])
     events = _read_events(tmp_path)
     assert sorted(events) == [
         "lars/trust_ratio/hidden/kernel",
@@ -588,12 +562,8 @@ def test_trust_ratio_logger_histogram_for_many_layers(tmp_path):
     logger = LarsTrustRatioLogger(str(tmp_path), every_n_batches=10, histogram_above=1)
     x, y = fashion_mnist_test_split()
     model = small_dense_model()
-    model.compile(
-        optimizer=keras.mixed_precision.LossScaleOptimizer(_lars()), loss=loss_fn()
-    )
-    model.fit(
-        x[:64], y[:64], batch_size=32, shuffle=False, verbose=0, callbacks=[logger]
-    )
+    model.compile(optimizer=keras.mixed_precision.LossScaleOptimizer(_lars()), loss=loss_fn())
+    model.fit(x[:64], y[:64], batch_size=32, shuffle=False, verbose=0, callbacks=[logger])
     events = _read_events(tmp_path)
     assert list(events) == ["lars/trust_ratio"]
     assert [step for step, _ in events["lars/trust_ratio"]] == [1]
