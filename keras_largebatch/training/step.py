@@ -48,13 +48,15 @@ class TrainStep:
         self.repeats = repeats
         self.loss_fn = per_example_loss_fn()
         self.trace_count = 0
-        self._jit_compile = jit_compile
+        self._grads_fn = (tf.function(self._loss_and_grads, jit_compile=True)
+                          if jit_compile else self._loss_and_grads)
         self._step = tf.function(self._distributed_step)
 
     def __call__(self, iterator) -> None:
         self._step(iterator)
 
-    def _replica_step(self, images, labels):
+    def _loss_and_grads(self, images, labels):
+        """Forward and backward on one replica's batch (XLA-compiled when jit_compile)."""
         replicas = self.strategy.num_replicas_in_sync
         global_batch = tf.cast(tf.shape(labels)[0] * replicas, tf.float32)
         variables = self.model.trainable_variables
@@ -67,8 +69,12 @@ class TrainStep:
             if hasattr(self.optimizer, "scale_loss"):
                 loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        return example_stats(labels, logits, per_example)
+        return grads, example_stats(labels, logits, per_example)
+
+    def _replica_step(self, images, labels):
+        grads, stats = self._grads_fn(images, labels)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return stats
 
     def _distributed_step(self, iterator):
         self.trace_count += 1  # Python side effect: runs only while tracing
