@@ -7,7 +7,10 @@ Binding names, by what they configure:
     make_strategy.*           replicas: make_strategy.num_cpu_replicas = 2
     fashion_mnist.data_dir    data sources (fashion_mnist, mnist, cifar10, cifar100, imagenet2012)
     cnn_fashion.dropout       model builders, by registered model name
-    SGD.momentum, Adam.*      optimizer classes (LARS.*, BAMomentum.* once registered)
+    SGD.momentum, LARS.*      optimizer classes, chosen by train.optimizer = 'sgd' | 'momentum' |
+                              'adam' | 'lars'
+    LinearWarmup.*, AdaBatch.* schedules: train.learning_rate = @LinearWarmup(),
+                              train.batch_schedule = @AdaBatch()
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ from __future__ import annotations
 import keras
 
 import gin
+from keras_largebatch import schedules
 from keras_largebatch.data import sources
 from keras_largebatch.models import registry
+from keras_largebatch.optimizers import LARS
 from keras_largebatch.training import loop, optimizer_factory, strategy
+
+SCHEDULES = ("Constant", "LinearWarmup", "PolynomialDecay", "StepDecay", "BatchScaled",
+             "BatchScheduleMultiplier", "FixedBatch", "PiecewiseBatch", "AdaBatch")
 
 _registered = False
 
@@ -50,6 +58,11 @@ def register_configurables() -> None:
         return sgd(**kw)
 
     optimizer_factory.register_optimizer("momentum", momentum)
+    optimizer_factory.register_optimizer(
+        "lars", gin.external_configurable(LARS, module="keras_largebatch.optimizers"))
+
+    for name in SCHEDULES:
+        gin.external_configurable(getattr(schedules, name), module="keras_largebatch.schedules")
 
 
 def list_configurables() -> list[str]:

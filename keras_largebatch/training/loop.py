@@ -11,7 +11,6 @@ is reused (see step.py).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
@@ -27,7 +26,15 @@ from keras_largebatch.data import check_batch_size, eval_dataset, get_source
 from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.models import build_model
+from keras_largebatch.optimizers.lars_callback import find_lars
+from keras_largebatch.schedules import (
+    BatchScaled,
+    BatchSchedule,
+    BatchScheduleMultiplier,
+    FixedBatch,
+)
 from keras_largebatch.training import run_dir as rundir
+from keras_largebatch.training.accumulation import plan_micro_batches
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
 from keras_largebatch.training.progress import default_progress
@@ -39,31 +46,22 @@ from keras_largebatch.training.summaries import Summaries
 _KILL_AT_STEP = int(os.environ.get("KERAS_LARGEBATCH_TEST_KILL_AT_STEP", "0"))
 
 
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """A span of epochs trained with one global batch size and LR multiplier."""
+def resolve_learning_rate(learning_rate, batch_schedule: BatchSchedule, phases: list, *,
+                          lr_scaling: str, lr_reference_batch_size: int):
+    """The schedule the optimizer sees: base LR x batch scaling rule x batch-phase multiplier.
 
-    start_epoch: int
-    end_epoch: int
-    batch_size: int
-    lr_multiplier: float = 1.0
-
-
-def resolve_phases(batch_schedule, batch_size: int, epochs: int) -> list[Phase]:
-    """Phases of the run: from a batch schedule (`.phases(epochs)`) or one fixed batch size."""
-    if batch_schedule is None:
-        return [Phase(0, epochs, batch_size, 1.0)]
-    phases = []
-    for p in batch_schedule.phases(epochs):
-        start, end = float(p.start_epoch), float(p.end_epoch)
-        if start != int(start) or end != int(end):
-            raise UserInputError(
-                f"batch phase boundary at epoch {start if start != int(start) else end} is "
-                f"not a whole epoch; phase boundaries must fall on epoch ends"
-            )
-        phases.append(Phase(int(start), int(end), int(p.batch_size),
-                            float(getattr(p, "lr_multiplier", 1.0))))
-    return phases
+    `lr_scaling` "linear"/"sqrt" makes `learning_rate` the LR at `lr_reference_batch_size`
+    (reference 1 + linear = seed 001's base LR eta~ = eta/m). The batch schedule's LR multiplier
+    (AdaBatch's decay) is applied unless `learning_rate` already composes it.
+    """
+    schedule = learning_rate
+    if lr_scaling != "none":
+        schedule = BatchScaled(schedule, batch_schedule, lr_reference_batch_size, lr_scaling)
+    if not isinstance(learning_rate, BatchScheduleMultiplier) and any(
+        p.lr_multiplier != 1.0 for p in phases
+    ):
+        schedule = BatchScheduleMultiplier(schedule, batch_schedule)
+    return schedule
 
 
 def _positive(name: str, value, kind=float) -> None:
@@ -108,6 +106,10 @@ def train(
     seed: int = 0,
     repeats: int = 1,
     augment: Callable | None = None,
+    max_per_replica_batch: int | None = None,
+    lr_scaling: str = "none",
+    lr_reference_batch_size: int = 1,
+    jit_compile: bool = False,
     eval_batch_size: int = 1000,
     log_every_steps: int = 50,
     checkpoints_to_keep: int = 2,
@@ -120,7 +122,11 @@ def train(
 
     `batch_size` is the global batch of distinct samples per update (all replicas); with
     `repeats=M` each update sees M augmented copies of them (seed 003). `batch_schedule`
-    (AdaBatch, PiecewiseBatch, ...) overrides `batch_size` by phase. Returns the results dict.
+    (AdaBatch, PiecewiseBatch, ...) replaces `batch_size` by phase, and its LR multiplier is
+    applied to `learning_rate` (a float or epoch-keyed schedule); `lr_scaling` = "linear" |
+    "sqrt" scales it with the phase's batch relative to `lr_reference_batch_size`. A per-replica
+    batch above `max_per_replica_batch` is split into equal micro-batches whose gradients are
+    accumulated into one update. Returns the results dict.
     """
     # ---- Arguments --------------------------------------------------------------------------
     _positive("epochs", epochs, int)
@@ -133,11 +139,18 @@ def train(
     strategy = make_strategy()
     replicas = strategy.num_replicas_in_sync
     source = get_source(dataset)
-    phases = resolve_phases(batch_schedule, batch_size, epochs)
+    if batch_schedule is None:
+        batch_schedule = FixedBatch(batch_size)
+    phases = batch_schedule.phases(epochs)
     for p in phases:
         check_batch_size(p.batch_size, replicas, source.num_train)
         check_batch_size(p.batch_size * repeats, replicas, source.num_train * repeats,
                          what="effective batch (batch_size x repeats)")
+        if max_per_replica_batch:
+            plan_micro_batches(p.batch_size * repeats // replicas, max_per_replica_batch)
+    learning_rate = resolve_learning_rate(learning_rate, batch_schedule, phases,
+                                          lr_scaling=lr_scaling,
+                                          lr_reference_batch_size=lr_reference_batch_size)
 
     # ---- Model and optimizer ----------------------------------------------------------------
     progress = default_progress()
@@ -148,7 +161,9 @@ def train(
         opt.build(net.trainable_variables)
         metrics = RunningMetrics()
     step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
-                     metrics=metrics, repeats=repeats)
+                     metrics=metrics, repeats=repeats, jit_compile=jit_compile,
+                     max_per_replica_batch=max_per_replica_batch)
+    lars = find_lars(opt)
     evaluate = _evaluate_fn(net)
     test_data = eval_dataset(source, batch_size=eval_batch_size)
 
@@ -253,6 +268,8 @@ def train(
                 "samples_per_second": record["samples_per_second"],
                 "epoch_time_s": epoch_time,
             }, step=epoch + 1)
+            if lars is not None:
+                summaries.lars_trust_ratios(lars, step=epoch + 1)
             summaries.flush()
             if verbose:
                 print(f"  test_loss: {test_result['loss']:.4f} - "

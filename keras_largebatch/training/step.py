@@ -3,7 +3,8 @@
     step = TrainStep(model=..., optimizer=..., strategy=..., progress=..., metrics=...)
     step(distributed_iterator)      # one optimizer update on the next global batch
 
-Per replica: loss = sum_i l(x_i, y_i) / (global effective batch) + model.losses / replicas;
+Per replica: loss = sum_i l(x_i, y_i) / (global effective batch) + model.losses / replicas
+(over equal micro-batches when the batch exceeds `max_per_replica_batch`, one update either way);
 gradients go to `optimizer.apply_gradients`, which (Keras 3, TF backend) all-reduces them
 across replicas - exactly once, never here. Afterwards, in cross-replica context, the running
 metrics and the `Progress` (fractional epoch, samples seen) advance.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_largebatch.training.accumulation import accumulate_gradients
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.progress import Progress
 
@@ -39,6 +41,7 @@ class TrainStep:
         metrics: RunningMetrics,
         repeats: int = 1,
         jit_compile: bool = False,
+        max_per_replica_batch: int | None = None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -48,6 +51,7 @@ class TrainStep:
         self.repeats = repeats
         self.loss_fn = per_example_loss_fn()
         self.trace_count = 0
+        self.max_per_replica_batch = max_per_replica_batch
         self._grads_fn = (tf.function(self._loss_and_grads, jit_compile=True)
                           if jit_compile else self._loss_and_grads)
         self._step = tf.function(self._distributed_step)
@@ -71,8 +75,19 @@ class TrainStep:
         grads = tape.gradient(loss, variables)
         return grads, example_stats(labels, logits, per_example)
 
+    def _accumulated_loss_and_grads(self, images, labels):
+        """Same result as `_loss_and_grads`, over equal micro-batches (accumulation.py)."""
+        result = accumulate_gradients(
+            self.model, self.loss_fn, images, labels,
+            max_micro_batch=self.max_per_replica_batch, optimizer=self.optimizer)
+        return result.gradients, example_stats(labels, result.predictions,
+                                               result.per_example_loss)
+
     def _replica_step(self, images, labels):
-        grads, stats = self._grads_fn(images, labels)
+        if self.max_per_replica_batch:
+            grads, stats = self._accumulated_loss_and_grads(images, labels)
+        else:
+            grads, stats = self._grads_fn(images, labels)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return stats
 

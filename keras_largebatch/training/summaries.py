@@ -4,6 +4,7 @@ per epoch (x-axis = epoch):  train/loss, train/accuracy, test/loss, test/accurac
                              learning_rate, batch_size, samples_per_second, epoch_time_s
 per logged step (x-axis = samples seen): step/loss, step/learning_rate, step/batch_size
 text: config (the gin config), events (phase switches, divergence)
+LARS runs, per epoch: lars/trust_ratio/<variable> (a histogram when there are many)
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class Summaries:
         with self._writer.as_default(step=int(step)):
             # Markdown: indent by 4 so gin's syntax shows verbatim.
             tf.summary.text(tag, "\n".join("    " + line for line in text.splitlines()))
+
+    def lars_trust_ratios(self, optimizer, step: int, histogram_above: int = 32) -> None:
+        """`lars/trust_ratio/<variable>` scalars (one histogram above `histogram_above`)."""
+        from keras_largebatch.optimizers.lars_callback import write_trust_ratios
+
+        with self._writer.as_default(step=int(step)):
+            write_trust_ratios(optimizer, int(step), histogram_above=histogram_above)
 
     def flush(self) -> None:
         self._writer.flush()
