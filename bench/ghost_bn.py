@@ -1,0 +1,124 @@
+"""Ghost BN vs Keras BatchNormalization: training images/s on ResNet-20, real Fashion-MNIST.
+
+    .venv/bin/python bench/ghost_bn.py [--batch 128] [--virtual-batch 32] [--steps 20]
+                                       [--rounds 3] [--static-batch]
+
+Two ResNet-20s (`build_model("resnet20", bn_batch_size=None | virtual_batch)`, 28x28x1 inputs,
+10 classes) train with SGD (momentum 0.9) on the same real Fashion-MNIST images, read from the
+IDX files in /usr/share/datasets/fashion-mnist with numpy/gzip and normalised. The train step
+is a `tf.function` with a `None` batch dimension, as in the framework loop (so the ghost layer
+takes its in-graph `tf.cond` path); `--static-batch` traces with a fixed batch instead, as
+`model.fit` on a `drop_remainder=True` dataset would. Rounds alternate between the two models
+so both see the same machine load; the first (tracing) call of each is not timed. Prints the
+median images/s of each and the ratio ghost / BN (goal >= 0.95). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_largebatch.models import build_model  # noqa: E402
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (big-endian header: magic with dtype/ndim, then the dimensions)."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_train(n: int) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(f"{DATA_DIR}/train-images-idx3-ubyte.gz")[:n].astype(np.float32) / 255.0
+    labels = read_idx(f"{DATA_DIR}/train-labels-idx1-ubyte.gz")[:n].astype(np.int32)
+    images = (images - images.mean()) / images.std()
+    return images[..., None], labels
+
+
+def make_step(model, optimizer, batch: int | None):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([batch, 28, 28, 1], tf.float32),
+            tf.TensorSpec([batch], tf.int32),
+        ]
+    )
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--virtual-batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--static-batch", action="store_true")
+    args = parser.parse_args()
+
+    x, y = load_train(args.batch * args.steps)
+    batches = [
+        (tf.constant(x[i : i + args.batch]), tf.constant(y[i : i + args.batch]))
+        for i in range(0, len(x), args.batch)
+    ]
+    sides = {}
+    for name, bn_batch in (("keras_bn", None), ("ghost_bn", args.virtual_batch)):
+        keras.utils.set_random_seed(0)
+        model = build_model(
+            "resnet20", input_shape=(28, 28, 1), num_classes=10, bn_batch_size=bn_batch
+        )
+        optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+        step = make_step(model, optimizer, args.batch if args.static_batch else None)
+        float(step(*batches[0]))  # trace + warm up, not timed
+        sides[name] = step
+
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, step in sides.items():
+            start = time.perf_counter()
+            for xb, yb in batches:
+                loss = step(xb, yb)
+            float(loss)
+            rates[name].append(len(batches) * args.batch / (time.perf_counter() - start))
+
+    print(
+        f"machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, TF {tf.__version__}, "
+        f"Keras {keras.__version__}"
+    )
+    print(
+        f"ResNet-20, Fashion-MNIST 28x28, batch {args.batch}, virtual batch "
+        f"{args.virtual_batch} ({args.batch // args.virtual_batch} groups), "
+        f"{'static' if args.static_batch else 'dynamic (None)'} batch dim, "
+        f"{args.steps} steps x {args.rounds} rounds"
+    )
+    for name, values in rates.items():
+        print(f"{name:9s} images/s: median {statistics.median(values):7.1f}  rounds {values}")
+    ratio = statistics.median(rates["ghost_bn"]) / statistics.median(rates["keras_bn"])
+    print(f"ratio ghost/keras: {ratio:.3f} (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
