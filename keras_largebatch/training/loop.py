@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_largebatch.data import check_batch_size, eval_dataset, get_source
+from keras_largebatch.data import DataSource, check_batch_size, eval_dataset, get_source
 from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.models import build_model
@@ -96,8 +96,9 @@ def _current_lr(optimizer) -> float:
 def train(
     *,
     run_dir: str,
-    dataset: str = "fashion_mnist",
+    dataset: str | DataSource = "fashion_mnist",
     model: str = "cnn_fashion",
+    model_options: dict | None = None,
     optimizer: str = "momentum",
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.05,
     batch_size: int = 128,
@@ -117,6 +118,7 @@ def train(
     verbose: bool = True,
     config_text: str = "",
     operative_config: Callable[[], str] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
     """Train `model` on `dataset`; write TensorBoard, checkpoints and results.json to run_dir.
 
@@ -136,9 +138,9 @@ def train(
     keras.utils.set_random_seed(seed)
 
     # ---- Strategy and data ------------------------------------------------------------------
-    strategy = make_strategy()
+    strategy = strategy or make_strategy()
     replicas = strategy.num_replicas_in_sync
-    source = get_source(dataset)
+    source = dataset if isinstance(dataset, DataSource) else get_source(dataset)
     if batch_schedule is None:
         batch_schedule = FixedBatch(batch_size)
     phases = batch_schedule.phases(epochs)
@@ -156,7 +158,7 @@ def train(
     progress = default_progress()
     with strategy.scope():
         net = build_model(model, input_shape=source.input_shape,
-                          num_classes=source.num_classes)
+                          num_classes=source.num_classes, **(model_options or {}))
         opt = create_optimizer(optimizer, learning_rate=learning_rate)
         opt.build(net.trainable_variables)
         metrics = RunningMetrics()
@@ -230,6 +232,7 @@ def train(
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs} (global batch {phase.batch_size}, "
                       f"{steps} steps)", flush=True)
+            epoch_lr = _current_lr(opt)  # the LR in force at the epoch's first update
             epoch_start = time.perf_counter()
             bar_every = max(1, steps // 40)
             for i in range(skip, steps):
@@ -254,7 +257,7 @@ def train(
                 "train_accuracy": train_result["accuracy"],
                 "test_loss": test_result["loss"],
                 "test_accuracy": test_result["accuracy"],
-                "learning_rate": _current_lr(opt),
+                "learning_rate": epoch_lr,
                 "batch_size": phase.batch_size,
                 "effective_batch_size": phase.batch_size * repeats,
                 "samples_per_second": (steps - skip) * phase.batch_size / epoch_time,
@@ -290,7 +293,7 @@ def train(
     test_acc = [h["test_accuracy"] for h in history]
     results = {
         "status": status,
-        "dataset": dataset,
+        "dataset": source.name,
         "model": model,
         "optimizer": optimizer,
         "replicas": replicas,

@@ -80,3 +80,19 @@ def test_single_update_matches_hand_computed_sgd(one_cpu_strategy):
     _run(one_cpu_strategy, step, source, batch=32, steps=1)
     for v, before, g in zip(model.trainable_variables, w0, grads):
         np.testing.assert_allclose(v.numpy(), before - 0.1 * g.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_accumulated_step_equals_direct_step(one_cpu_strategy):
+    """Batch 64 as 4 micro-batches of 16 gives the same update (BN-free model)."""
+    source = fashion_subset()
+    init = build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10,
+                       filters=(8, 16), dropout=0.0).get_weights()
+    weights = []
+    for cap in (None, 16):
+        model, step, _ = _setup(one_cpu_strategy, init)
+        step.max_per_replica_batch = cap
+        _run(one_cpu_strategy, step, source, batch=64, steps=3)
+        weights.append(model.get_weights())
+        assert int(step.optimizer.iterations.numpy()) == 3  # one update per step
+    for direct, accumulated in zip(*weights):
+        assert np.linalg.norm(accumulated - direct) / np.linalg.norm(direct) < 1e-5
