@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
         loop.train(run_dir=run_dir, overwrite=FLAGS.overwrite, config_text=gin.config_str(),
                    operative_config=gin.operative_config_str)
     except UserInputError as e:
-        _fail(str(e))
+        _fail(e.line)
     except TypeError as e:  # a binding of the wrong type reaching a library function
         _fail(f"bad value in the gin config: {str(e).splitlines()[0]}")
 

@@ -46,20 +46,26 @@ def test_two_replica_run_writes_results_config_and_tensorboard(tmp_path):
         assert tag in tags, tag
 
 
-def test_killed_run_resumes_at_the_right_epoch(tmp_path):
+def test_killed_run_resumes_at_the_right_epoch_and_phase(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*TINY, *QUICK, f"--run_dir={run_dir}"]
+    adabatch = ["--gin_bindings=train.batch_schedule = @AdaBatch()",
+                "--gin_bindings=AdaBatch.initial_batch_size = 256",   # 46 updates in epoch 1
+                "--gin_bindings=AdaBatch.interval_epochs = 1",        # then 512: 23 updates
+                "--gin_bindings=AdaBatch.lr_decay = 0.5"]
+    args = [*TINY, *QUICK, *adabatch, f"--run_dir={run_dir}"]
     killed = run_cli(*args, env={"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": str(46 + 10)})
-    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL during epoch 2
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL inside phase 2
     first_epoch = json.loads((run_dir / "history.json").read_text())
     assert [e["epoch"] for e in first_epoch] == [1]
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming" in resumed.stdout and "at epoch 2, step 0" in resumed.stdout
+    assert "at epoch 2, step 0" in resumed.stdout
     assert "Epoch 1/2" not in resumed.stdout
+    assert "Epoch 2/2 (global batch 512, 23 steps)" in resumed.stdout
     results = json.loads((run_dir / "results.json").read_text())
-    assert [e["epoch"] for e in results["epochs"]] == [1, 2]
+    assert results["batch_size_per_epoch"] == [256, 512]
     assert results["epochs"][0] == first_epoch[0]  # epoch 1 was not retrained
+    assert results["epochs"][1]["learning_rate"] == 0.5 * results["epochs"][0]["learning_rate"]
 
 
 def test_console_script_lists_configurables():

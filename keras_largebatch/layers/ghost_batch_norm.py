@@ -50,8 +50,8 @@ def _call_error(message: str) -> UserInputError:
     """A UserInputError that Keras re-raises unchanged from inside `Layer.__call__`.
 
     Keras' traceback utilities rebuild an exception raised in `call` as
-    `type(e)(multi_line_message)`, which a one-line UserInputError refuses (AssertionError);
-    exceptions already marked `_keras_call_info_injected` are re-raised as they are.
+    `type(e)(multi_line_message)` (appending the layer's call arguments); exceptions already
+    marked `_keras_call_info_injected` are re-raised as they are, so the message stays one line.
     """
     error = UserInputError(message)
     error._keras_call_info_injected = True
