@@ -28,6 +28,7 @@ flags.DEFINE_multi_string("gin_search_paths", [], "Extra folders for gin file in
 flags.DEFINE_string("run_dir", None, "Output folder (default runs/<config>-<time>).")
 flags.DEFINE_bool("overwrite", False, "Delete --run_dir's previous run and start afresh.")
 flags.DEFINE_bool("list_configurables", False, "Print every bindable name and exit.")
+flags.DEFINE_bool("dry_run", False, "Check the config and build everything; train nothing.")
 FLAGS = flags.FLAGS
 
 
@@ -64,8 +65,10 @@ def main(argv: list[str]) -> None:
     name = os.path.splitext(os.path.basename(gin_files[-1]))[0]
     run_dir = FLAGS.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        loop.train(run_dir=run_dir, overwrite=FLAGS.overwrite, config_text=gin.config_str(),
-                   operative_config=gin.operative_config_str)
+        result = loop.train(run_dir=run_dir, overwrite=FLAGS.overwrite, dry_run=FLAGS.dry_run,
+                            config_text=gin.config_str(), operative_config=gin.operative_config_str)
+        if FLAGS.dry_run:
+            print(result)
     except UserInputError as e:
         _fail(e.line)
     except TypeError as e:  # a binding of the wrong type reaching a library function

@@ -119,6 +119,7 @@ def train(
     config_text: str = "",
     operative_config: Callable[[], str] | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    dry_run: bool = False,
 ) -> dict:
     """Train `model` on `dataset`; write TensorBoard, checkpoints and results.json to run_dir.
 
@@ -128,7 +129,8 @@ def train(
     applied to `learning_rate` (a float or epoch-keyed schedule); `lr_scaling` = "linear" |
     "sqrt" scales it with the phase's batch relative to `lr_reference_batch_size`. A per-replica
     batch above `max_per_replica_batch` is split into equal micro-batches whose gradients are
-    accumulated into one update. Returns the results dict.
+    accumulated into one update. Returns the results dict. `dry_run` validates and builds
+    everything (data, phases, model, optimizer, schedules), writes nothing and returns a summary.
     """
     # ---- Arguments --------------------------------------------------------------------------
     _positive("epochs", epochs, int)
@@ -168,6 +170,13 @@ def train(
     lars = find_lars(opt)
     evaluate = _evaluate_fn(net)
     test_data = eval_dataset(source, batch_size=eval_batch_size)
+
+    if dry_run:
+        return {"status": "dry_run", "dataset": source.name, "model": model,
+                "parameters": int(net.count_params()), "optimizer": type(opt).__name__,
+                "replicas": replicas, "learning_rate": _current_lr(opt),
+                "phases": [(p.start_epoch, p.end_epoch, p.batch_size, p.lr_multiplier)
+                           for p in phases]}
 
     # ---- Run directory (nothing is written before all checks above passed) -----------------
     chief = is_chief()
