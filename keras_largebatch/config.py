@@ -15,9 +15,9 @@ Binding names, by what they configure:
 
 from __future__ import annotations
 
+import gin
 import keras
 
-import gin
 from keras_largebatch import schedules
 from keras_largebatch.data import sources
 from keras_largebatch.models import registry

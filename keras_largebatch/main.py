@@ -40,9 +40,8 @@ def _fail(message: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
-    from absl import logging
-
     import gin
+    from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # gin logs every include lookup at INFO/ERROR
 
