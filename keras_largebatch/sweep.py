@@ -416,7 +416,8 @@ def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "
         write_json_atomic(manifest_path, {
             "title": title, "metric": study.metric, "description": study.description,
             "grid_keys": list(study.grid_keys), "base_lr_key": study.base_lr_key,
-            "loss_upper_bound": study.loss_upper_bound, "runs": state})
+            "loss_upper_bound": study.loss_upper_bound,
+            "order": [spec.name for spec in study.runs], "runs": state})
         rows = summary_rows(study, sweep_dir, state)
         write_summary(study, sweep_dir, rows, title)
         return rows

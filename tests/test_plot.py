@@ -1,0 +1,143 @@
+"""Plots: every figure renders a PNG from fixture runs written here (results.json + real
+TensorBoard events via tf.summary), and `plot_dir` picks the figures a run or sweep supports."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from keras_largebatch import plot
+from keras_largebatch.sweep import SWEEP_FILE
+
+from .cli import REPO
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _epochs(accuracies, batch_size=32, repeats=1, losses=None):
+    return [{"epoch": i + 1, "test_accuracy": a, "train_loss": (losses or [2.0 / (i + 1)] * 9)[i],
+             "train_accuracy": a, "test_loss": 1.0, "learning_rate": 0.1,
+             "batch_size": batch_size, "effective_batch_size": batch_size * repeats,
+             "samples_per_second": 1000.0, "epoch_time_s": batch_size * 10 / 1000.0}
+            for i, a in enumerate(accuracies)]
+
+
+def _write_run(run_dir, *, epochs, status="completed", config="", scalars=None):
+    """A run folder as the CLI leaves it: results.json, config.gin, tensorboard/ events."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({"status": status, "epochs": epochs}))
+    (run_dir / "config.gin").write_text(config)
+    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+    with writer.as_default():
+        for tag, points in (scalars or {}).items():
+            for step, value in points:
+                tf.summary.scalar(tag, value, step=step)
+        tf.summary.text("config", config or "empty", step=0)  # non-scalars are skipped
+    writer.close()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def lars_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("plot") / "lars_run"
+    scalars = {
+        "lars/trust_ratio/conv1/kernel": [(1, 0.02), (2, 0.01), (3, 0.005)],
+        "lars/trust_ratio/dense/kernel": [(1, 0.5), (2, 0.2), (3, 0.1)],
+        "train/gradient_norm": [(1, 3.0), (2, 2.0), (3, 1.5)],
+        "ba/batch_size": [(i, 32 + 4 * (i // 5)) for i in range(40)],
+        "train/loss": [(1, 2.0), (2, 1.0), (2, 0.9), (3, 0.5)],  # step 2 rewritten (resume)
+    }
+    return _write_run(run_dir, epochs=_epochs([0.5, 0.6, 0.7]), scalars=scalars,
+                      config="train.batch_size = 32\ntrain.learning_rate = 0.1\n")
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """Seed 001 / 003 style sweep: batch size x base LR (one diverged), M differs by batch."""
+    root = tmp_path_factory.mktemp("plot") / "sweep"
+    names = []
+    for m, repeats in ((32, 1), (256, 4)):
+        for lr in (2.0 ** -8, 2.0 ** -6):
+            name = f"batch_size={m}__learning_rate={lr:g}"
+            names.append(name)
+            diverged = m == 256 and lr == 2.0 ** -6
+            acc = [0.1, float("nan")] if diverged else [0.5, 0.6, 0.65, 0.7, 0.72, 0.71]
+            losses = [2.3, float("nan")] if diverged else None
+            _write_run(root / name, status="diverged" if diverged else "completed",
+                       epochs=_epochs(acc, batch_size=m, repeats=repeats, losses=losses),
+                       config=f"train.batch_size = {m}\ntrain.learning_rate = {lr!r}\n"
+                              "train.lr_scaling = 'linear'\n")
+    (root / SWEEP_FILE).write_text(json.dumps({
+        "title": "fixture", "metric": "median_last5_test_accuracy", "order": names, "runs": {}}))
+    return root
+
+
+def test_every_plot_function_renders_a_png(tmp_path):
+    curve = ([1, 2, 3], [40.0, 30.0, 25.0])
+    paths = [
+        plot.plot_test_error({"a": curve, "b": curve}, str(tmp_path / "a.png")),
+        plot.plot_accuracy_vs_base_lr(
+            [{"batch_size": 8, "base_lr": 2.0 ** -k, "accuracy": 0.8, "diverged": k < 4}
+             for k in range(2, 8)], str(tmp_path / "b.png")),
+        plot.plot_train_loss({"a": curve}, str(tmp_path / "c1.png")),
+        plot.plot_batch_size_per_update({"a": ([0, 10, 20], [32, 64, 64])},
+                                        str(tmp_path / "c2.png")),
+        plot.plot_gradient_norm({"M = 1": curve, "M = 4": curve}, str(tmp_path / "d.png")),
+        plot.plot_lars_local_lr({"B = 8k": {"conv1": curve, "fc": curve}},
+                                str(tmp_path / "e.png")),
+    ]
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        assert data.startswith(PNG) and len(data) > 5000, path
+
+
+def test_read_scalars_keeps_the_last_value_of_a_rewritten_step(lars_run):
+    scalars = plot.read_scalars(str(lars_run / "tensorboard"))
+    steps, values = scalars["train/loss"]
+    assert steps.tolist() == [1, 2, 3] and values.tolist() == pytest.approx([2.0, 0.9, 0.5])
+    assert "config" not in scalars  # text summaries are not scalars
+
+
+def test_run_folder_gets_every_figure_its_data_supports(lars_run):
+    paths = plot.plot_dir(str(lars_run))
+    names = {p.rsplit("/", 1)[-1] for p in paths}
+    assert names == {"test_error.png", "train_loss.png", "batch_size_per_update.png",
+                     "gradient_norm.png", "lars_local_lr.png"}
+    run = plot.Run(str(lars_run))
+    assert set(run.lars_local_lr()) == {"conv1/kernel", "dense/kernel"}
+    assert list(run.batch_size_per_update()[1][-3:]) == [60, 60, 60]  # BA tag, per update
+    images = set()
+    for path in (lars_run / "tensorboard" / plot.PLOTS_SUBDIR).glob("events.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            images.update(v.tag for v in event.summary.value)
+    assert images == {n[:-4] for n in names}
+    plot.plot_dir(str(lars_run))  # regenerating replaces the images, not adds to them
+    assert len(list((lars_run / "tensorboard" / plot.PLOTS_SUBDIR).glob("events.*"))) == 1
+
+
+def test_sweep_folder_gets_the_base_lr_and_per_M_figures(sweep_dir):
+    names = {p.rsplit("/", 1)[-1] for p in plot.plot_dir(str(sweep_dir), tensorboard=False)}
+    assert {"accuracy_vs_base_lr.png", "test_error.png", "train_loss.png",
+            "test_error_by_M.png"} <= names
+    assert "lars_local_lr.png" not in names  # no LARS run in this sweep
+
+
+def test_base_lr_follows_the_runs_scaling_rule(tmp_path, sweep_dir):
+    linear = plot.Run(str(sweep_dir / "batch_size=256__learning_rate=0.00390625"))
+    assert linear.base_lr() == 2.0 ** -8  # lr_scaling 'linear', reference 1: the LR is eta/m
+    plain = _write_run(tmp_path / "plain", epochs=_epochs([0.5], batch_size=128),
+                       config="train.batch_size = 128\ntrain.learning_rate = 0.1\n")
+    assert math.isclose(plot.Run(str(plain)).base_lr(), 0.1 / 128)
+    assert plot.Run(str(plain)).repeats == 1
+
+
+def test_cli_rejects_a_missing_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "keras_largebatch.plot", str(tmp_path / "nope")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path / 'nope'} is not a folder; pass a run or sweep folder"]
