@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,15 +34,14 @@ from keras_largebatch.schedules import (
 )
 from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.accumulation import plan_micro_batches
+from keras_largebatch.training.checkpointing import ROLLBACK, STOP, RunKeeper, check_every_steps
+from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
 from keras_largebatch.training.progress import default_progress
 from keras_largebatch.training.step import TrainStep, per_example_loss_fn
 from keras_largebatch.training.strategy import is_chief, make_strategy
 from keras_largebatch.training.summaries import Summaries
-
-# Test-only: SIGKILL this process right after global update N (resume tests drive the real CLI).
-_KILL_AT_STEP = int(os.environ.get("KERAS_LARGEBATCH_TEST_KILL_AT_STEP", "0"))
 
 
 def resolve_learning_rate(learning_rate, batch_schedule: BatchSchedule, phases: list, *,
@@ -114,6 +112,12 @@ def train(
     eval_batch_size: int = 1000,
     log_every_steps: int = 50,
     checkpoints_to_keep: int = 2,
+    checkpoint_every_steps: int | None = 1000,
+    deterministic: bool = False,
+    on_divergence: str = "stop",
+    loss_upper_bound: float | None = None,
+    divergence_lr_factor: float = 0.5,
+    max_restores: int = 3,
     overwrite: bool = False,
     verbose: bool = True,
     config_text: str = "",
@@ -131,12 +135,23 @@ def train(
     batch above `max_per_replica_batch` is split into equal micro-batches whose gradients are
     accumulated into one update. Returns the results dict. `dry_run` validates and builds
     everything (data, phases, model, optimizer, schedules), writes nothing and returns a summary.
+
+    Checkpoints every `checkpoint_every_steps` updates and every epoch; rerunning resumes
+    exactly (bitwise with `deterministic`, see checkpointing.py). A non-finite loss, or one
+    above `loss_upper_bound`, stops the run or (`on_divergence="restore"`) rolls back to the
+    last checkpoint with the LR x `divergence_lr_factor`, at most `max_restores` times
+    (divergence.py).
     """
     # ---- Arguments --------------------------------------------------------------------------
     _positive("epochs", epochs, int)
     _positive("batch_size", batch_size, int)
     if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         _positive("learning_rate", learning_rate)
+    check_every_steps(checkpoint_every_steps)
+    guard = DivergenceGuard(on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,
+                            lr_factor=divergence_lr_factor, max_restores=max_restores)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
 
     # ---- Strategy and data ------------------------------------------------------------------
@@ -161,7 +176,7 @@ def train(
     with strategy.scope():
         net = build_model(model, input_shape=source.input_shape,
                           num_classes=source.num_classes, **(model_options or {}))
-        opt = create_optimizer(optimizer, learning_rate=learning_rate)
+        opt = create_optimizer(optimizer, learning_rate=guard.wrap_learning_rate(learning_rate))
         opt.build(net.trainable_variables)
         metrics = RunningMetrics()
     step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
@@ -181,33 +196,19 @@ def train(
     # ---- Run directory (nothing is written before all checks above passed) -----------------
     chief = is_chief()
     rundir.check_compatible(run_dir, config_text, overwrite=overwrite)
+    keeper = RunKeeper(run_dir=run_dir, model=net, optimizer=opt, progress=progress,
+                       metrics=metrics, guard=guard, strategy=strategy, chief=chief,
+                       epochs=epochs, every_steps=checkpoint_every_steps,
+                       log_every_steps=log_every_steps, keep=checkpoints_to_keep,
+                       overwrite=overwrite, verbose=verbose)
+
+    # ---- Restore (checkpointing.py: what a checkpoint holds; refused before any write) ----
+    start_epoch, skip_steps = keeper.restore()
+    history = keeper.history  # per-epoch records, restored with the checkpoint
     if chief:
         rundir.prepare(run_dir, config_text, overwrite=overwrite)
     summaries = Summaries(run_dir, enabled=chief)
-    checkpoint = tf.train.Checkpoint(model=net, optimizer=opt, progress=progress,
-                                     metrics=metrics)
-    ckpt_dir = os.path.join(run_dir, "checkpoints" if chief else f"checkpoints-worker-{id(net)}")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
-                                         max_to_keep=checkpoints_to_keep)
-    history_path = os.path.join(run_dir, rundir.HISTORY_FILE)
-
-    # ---- Restore ----------------------------------------------------------------------------
-    history: list[dict] = []
-    start_epoch, skip_steps = 0, 0
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        start_epoch = int(progress.epoch_index.numpy())
-        skip_steps = int(progress.step_in_epoch.numpy())
-        if skip_steps >= int(progress.steps_per_epoch.numpy()):
-            start_epoch, skip_steps = start_epoch + 1, 0
-        history = [h for h in rundir.read_json(history_path, []) if h["epoch"] <= start_epoch]
-        if verbose:
-            print(f"Resuming {run_dir} at epoch {start_epoch + 1}, step {skip_steps}, from "
-                  f"{manager.latest_checkpoint}", flush=True)
-    else:
-        progress.samples_seen.assign(0)
-        progress.begin_epoch(0, 1)
-        metrics.reset()
+    keeper.start(summaries)
     if config_text:
         summaries.text("config", config_text)
     if operative_config is not None:
@@ -216,7 +217,6 @@ def train(
     # ---- Train ------------------------------------------------------------------------------
     wall_start = time.perf_counter()
     updates = int(opt.iterations.numpy())  # host-side mirror of the update counter
-    status = "completed"
     for phase_index, phase in enumerate(phases):
         if phase.end_epoch <= start_epoch:
             continue
@@ -232,31 +232,43 @@ def train(
             if not skip:
                 metrics.reset()
             progress.begin_epoch(epoch, steps, skip)
-            dist = strategy.distribute_datasets_from_function(train_dataset_fn(
-                source, global_batch_size=phase.batch_size, epoch=epoch, seed=seed,
-                skip_steps=skip, repeats=repeats, augment=augment))
-            iterator = iter(dist)
+
+            def epoch_iterator(skip, phase=phase, epoch=epoch):
+                return iter(strategy.distribute_datasets_from_function(train_dataset_fn(
+                    source, global_batch_size=phase.batch_size, epoch=epoch, seed=seed,
+                    skip_steps=skip, repeats=repeats, augment=augment)))
+
+            iterator = epoch_iterator(skip)
             bar = keras.utils.Progbar(steps, verbose=1 if sys.stdout.isatty() else 2,
                                       stateful_metrics=["loss", "accuracy"])
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs} (global batch {phase.batch_size}, "
                       f"{steps} steps)", flush=True)
-            epoch_lr = _current_lr(opt)  # the LR in force at the epoch's first update
+            # the LR in force at the epoch's first update
+            epoch_lr = keeper.begin_epoch(skip, lambda: _current_lr(opt))
             epoch_start = time.perf_counter()
             bar_every = max(1, steps // 40)
-            for i in range(skip, steps):
+            i = skip
+            while i < steps:
                 step(iterator)
-                updates += 1
-                if updates == _KILL_AT_STEP:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                updates, i = updates + 1, i + 1
                 if updates % log_every_steps == 0:
                     r = metrics.result()
                     summaries.scalars({"step/loss": r["loss"],
                                        "step/learning_rate": _current_lr(opt),
                                        "step/batch_size": phase.batch_size},
                                       step=int(progress.samples_seen.numpy()))
-                if verbose and ((i + 1) % bar_every == 0 or i + 1 == steps):
-                    bar.update(i + 1, list(metrics.result().items()))
+                if verbose and (i % bar_every == 0 or i == steps):
+                    bar.update(i, list(metrics.result().items()))
+                action = keeper.after_update(updates, epoch=epoch, step=i, steps=steps)
+                if action == STOP:
+                    break
+                if action == ROLLBACK:  # diverged: back to the last checkpoint (this epoch)
+                    updates, i = keeper.resume_update, keeper.resume_step
+                    epoch_lr = keeper.begin_epoch(i, lambda: _current_lr(opt))
+                    iterator = epoch_iterator(i)
+            if keeper.stopped:
+                break
             epoch_time = time.perf_counter() - epoch_start
             train_result = metrics.result()
             test_result = evaluate(test_data)
@@ -286,22 +298,17 @@ def train(
             if verbose:
                 print(f"  test_loss: {test_result['loss']:.4f} - "
                       f"test_accuracy: {test_result['accuracy']:.4f}", flush=True)
-            if not math.isfinite(train_result["loss"]):
-                status = "diverged"
-                print(f"error: training diverged at epoch {epoch + 1} (loss "
-                      f"{train_result['loss']}); lower the learning rate", file=sys.stderr)
-                break
             progress.begin_epoch(epoch + 1, steps)
-            manager.save(checkpoint_number=epoch + 1)
-            if chief:
-                rundir.write_json_atomic(history_path, history)
-        if status != "completed":
+            keeper.end_epoch(updates, epoch=epoch)  # checkpoint (+ history.json)
+            if keeper.stopped:
+                break
+        if keeper.stopped:
             break
 
     # ---- Results ----------------------------------------------------------------------------
     test_acc = [h["test_accuracy"] for h in history]
     results = {
-        "status": status,
+        "status": keeper.status,
         "dataset": source.name,
         "model": model,
         "optimizer": optimizer,
@@ -312,9 +319,11 @@ def train(
         "batch_size_per_epoch": [h["batch_size"] for h in history],
         "wall_time_s": time.perf_counter() - wall_start,
         "trace_count": step.trace_count,
+        **keeper.results_fields(),
     }
     if chief:
         rundir.write_json_atomic(os.path.join(run_dir, rundir.RESULTS_FILE), results)
+    keeper.finish()  # model.keras on completion; a worker's private checkpoint dir removed
     summaries.flush()
     if verbose and test_acc:
         print(f"Final test accuracy: {test_acc[-1]:.4f} (best {max(test_acc):.4f}); "
