@@ -36,6 +36,7 @@ from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.accumulation import plan_micro_batches
 from keras_largebatch.training.checkpointing import ROLLBACK, STOP, RunKeeper, check_every_steps
 from keras_largebatch.training.divergence import DivergenceGuard
+from keras_largebatch.training.inputs import epoch_inputs, release_in_background
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
 from keras_largebatch.training.progress import default_progress
@@ -233,12 +234,12 @@ def train(
                 metrics.reset()
             progress.begin_epoch(epoch, steps, skip)
 
-            def epoch_iterator(skip, phase=phase, epoch=epoch):
-                return iter(strategy.distribute_datasets_from_function(train_dataset_fn(
+            def epoch_input(skip, phase=phase, epoch=epoch):
+                return epoch_inputs(strategy, train_dataset_fn(
                     source, global_batch_size=phase.batch_size, epoch=epoch, seed=seed,
-                    skip_steps=skip, repeats=repeats, augment=augment)))
+                    skip_steps=skip, repeats=repeats, augment=augment))
 
-            iterator = epoch_iterator(skip)
+            inputs = epoch_input(skip)
             bar = keras.utils.Progbar(steps, verbose=1 if sys.stdout.isatty() else 2,
                                       stateful_metrics=["loss", "accuracy"])
             if verbose:
@@ -250,7 +251,7 @@ def train(
             bar_every = max(1, steps // 40)
             i = skip
             while i < steps:
-                step(iterator)
+                step(inputs["iterator"])
                 updates, i = updates + 1, i + 1
                 if updates % log_every_steps == 0:
                     r = metrics.result()
@@ -266,7 +267,9 @@ def train(
                 if action == ROLLBACK:  # diverged: back to the last checkpoint (this epoch)
                     updates, i = keeper.resume_update, keeper.resume_step
                     epoch_lr = keeper.begin_epoch(i, lambda: _current_lr(opt))
-                    iterator = epoch_iterator(i)
+                    release_in_background(inputs)
+                    inputs = epoch_input(i)
+            release_in_background(inputs)  # destroying an iterator can block: see inputs.py
             if keeper.stopped:
                 break
             epoch_time = time.perf_counter() - epoch_start
