@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fcntl
+import functools
 import itertools
 import json
 import math
@@ -396,7 +397,7 @@ def _error_line(log_path: str) -> str:
 
 
 def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "",
-              python: str = sys.executable, poll_s: float = 0.5, echo=print) -> list[dict]:
+              python: str = sys.executable, poll_s: float = 0.5, echo=None) -> list[dict]:
     """Run every unfinished run of `study` (at most `parallel` at once); returns summary rows.
 
     SIGTERM / SIGINT end the running runs with SIGTERM (they resume next time) and re-raise
@@ -404,6 +405,7 @@ def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "
     """
     from keras_largebatch.training.run_dir import read_json, write_json_atomic
 
+    echo = echo or functools.partial(print, flush=True)
     if not isinstance(parallel, int) or parallel < 1:
         raise UserInputError(f"--parallel must be an integer >= 1; got {parallel!r}")
     os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)

@@ -1,0 +1,256 @@
+"""The sweep runner: study expansion, metrics, and runs of the real CLI (a killed 2x2 sweep with a
+forced divergence, resumed). Runner details (failures, parallelism, the lock) use a fake CLI
+that writes results.json in milliseconds."""
+
+import csv
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from keras_largebatch import sweep as sw
+from keras_largebatch.errors import UserInputError
+
+from .cli import REPO
+
+TINY = ["fashion_mnist.max_train_examples = 2000", "fashion_mnist.max_test_examples = 1000",
+        "train.epochs = 1"]
+
+
+# ---- Study expansion and metrics (no processes) -------------------------------------------------
+
+def test_study_is_variants_times_grid_with_later_bindings_winning():
+    study = sw.sweep(base_gin_files=["gin/tests/tiny.gin"], base_bindings=["train.epochs = 2"],
+                     variants={"fixed": [], "ada": ["train.batch_schedule = @AdaBatch()"]},
+                     grid={"train.batch_size": [32, 256], "StepDecay.initial": [0.5, "%LR"]},
+                     metric="median_last5_test_accuracy")
+    assert [r.name for r in study.runs] == [
+        "fixed__batch_size=32__initial=0.5", "fixed__batch_size=32__initial=LR",
+        "fixed__batch_size=256__initial=0.5", "fixed__batch_size=256__initial=LR",
+        "ada__batch_size=32__initial=0.5", "ada__batch_size=32__initial=LR",
+        "ada__batch_size=256__initial=0.5", "ada__batch_size=256__initial=LR"]
+    run = study.runs[5]
+    assert run.bindings == ("train.epochs = 2", "train.batch_schedule = @AdaBatch()",
+                            "train.batch_size = 32", "StepDecay.initial = %LR")
+    assert run.params == {"train.batch_size": 32, "StepDecay.initial": "%LR"}
+    command = run.command("runs/x/" + run.name)
+    assert command[1:3] == ["-m", "keras_largebatch.main"]
+    assert command[3] == f"--gin_file={REPO / 'gin/tests/tiny.gin'}"
+    assert command[-1] == "--run_dir=runs/x/ada__batch_size=32__initial=LR"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "defines no runs"),
+    ({"grid": {"train.batch_size": []}}, "non-empty list"),
+    ({"grid": {"train batch": [1]}}, "not a binding name"),
+    ({"grid": {"train.batch_size": [1]}, "metric": "accuracy"}, "sweep.metric = 'accuracy'"),
+    ({"variants": {"a b": []}}, "must use only"),
+    ({"variants": {"a": "train.epochs = 1"}}, "list of binding strings"),
+    ({"variants": {"a": ["train.batch_size = 8"]}, "grid": {"train.batch_size": [1, 2]}},
+     "sweep.grid also varies"),
+    ({"grid": {"x.y": [1]}, "base_gin_files": ["gin/nope.gin"]}, "'gin/nope.gin', which does"),
+    ({"grid": {"x.y": [1.0, 1]}}, "both named 'y=1'"),
+])
+def test_bad_studies_name_the_value(kwargs, message):
+    with pytest.raises(UserInputError, match=message.replace("(", r"\(")):
+        sw.sweep(**kwargs)
+
+
+def test_study_file_binds_only_sweep(tmp_path):
+    path = tmp_path / "study.gin"
+    path.write_text("# header\nsweep.base_gin_files = ['gin/tests/tiny.gin']\n"
+                    "sweep.grid = {'train.learning_rate': [0.1, 0.01]}\n")
+    study = sw.load_study([str(path)], ["sweep.metric = 'final_train_loss'"])
+    assert [r.name for r in study.runs] == ["learning_rate=0.1", "learning_rate=0.01"]
+    assert study.metric == "final_train_loss"
+    path.write_text(path.read_text() + "train.epochs = 3\n")
+    with pytest.raises(UserInputError, match="binds only sweep.*sweep.base_bindings"):
+        sw.load_study([str(path)])
+
+
+def test_run_metrics_are_the_papers():
+    epochs = [{"epoch": i + 1, "test_accuracy": a, "train_loss": 1.0 / (i + 1),
+               "batch_size": 100, "samples_per_second": 1000.0, "epoch_time_s": t}
+              for i, (a, t) in enumerate(zip([0.5, 0.9, 0.6, 0.7, 0.8, 0.65, 0.75],
+                                             [9.0, 2.0, 2.0, 3.0, 2.0, 2.0, 2.0]))]
+    m = sw.run_metrics({"status": "completed", "epochs": epochs})
+    assert m["status"] == "completed" and m["diverged_epoch"] is None and m["epochs"] == 7
+    assert m["median_last5_test_accuracy"] == 0.7  # of 0.6 0.7 0.8 0.65 0.75
+    assert m["best_test_accuracy"] == 0.9 and m["final_test_accuracy"] == 0.75
+    assert m["lowest_test_error"] == pytest.approx(0.1)
+    assert m["final_train_loss"] == pytest.approx(1 / 7)
+    assert m["epoch_time_s"] == 2.0 and m["update_time_ms"] == pytest.approx(100.0)
+    # above the study's bound from epoch 1: diverged there; a NaN loss in epoch 3: there
+    assert sw.run_metrics({"status": "completed", "epochs": epochs},
+                          loss_upper_bound=0.9)["diverged_epoch"] == 1
+    epochs[2]["train_loss"] = math.nan
+    bad = sw.run_metrics({"status": "completed", "epochs": epochs})
+    assert (bad["status"], bad["diverged_epoch"]) == ("diverged", 3)
+    # the loop's own record of the epoch wins, in any of the spellings read
+    assert sw.run_metrics({"status": "diverged", "epochs": epochs,
+                           "divergence": {"epoch": 5, "step": 40}})["diverged_epoch"] == 5
+
+
+# ---- The runner, on a fake CLI -------------------------------------------------------------------
+
+FAKE_MAIN = """
+import json, os, sys, time
+args = sys.argv[1:]
+run_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--run_dir="))
+text = " ".join(args)
+start = time.time()
+time.sleep(3.0 if "fake.slow" in text else 0.2)
+if "train.crash" in text:
+    print("Traceback ...\\nerror: bad gin config: fail", file=sys.stderr)
+    sys.exit(2)
+os.makedirs(run_dir, exist_ok=True)
+diverged = "1000000.0" in text
+epochs = [{"epoch": 1, "train_loss": float("nan") if diverged else 0.4,
+           "test_accuracy": 0.1 if diverged else 0.8, "batch_size": 10,
+           "samples_per_second": 100.0, "epoch_time_s": 1.0}]
+with open(os.path.join(run_dir, "results.json"), "w") as f:
+    json.dump({"status": "diverged" if diverged else "completed", "epochs": epochs,
+               "start": start, "end": time.time()}, f)
+sys.exit(3 if diverged else 0)
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+    script = tmp_path / "fake_main.py"
+    script.write_text(FAKE_MAIN)
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def _headers(sweep_dir, name) -> int:
+    return (sweep_dir / "logs" / f"{name}.log").read_text().count("=== ")
+
+
+def test_failures_and_divergences_are_recorded_and_the_sweep_goes_on(tmp_path, fake_python):
+    study = sw.sweep(variants={"good": [], "broken": ["train.crash = 1"]},
+                     grid={"train.learning_rate": [0.1, 1e6]})
+    out, lines = tmp_path / "sweep", []
+    rows = sw.run_sweep(study, sweep_dir=str(out), python=fake_python, poll_s=0.05,
+                        echo=lines.append)
+    status = {r["run"]: (r["status"], r["diverged_epoch"], r["error"]) for r in rows}
+    assert status == {
+        "good__learning_rate=0.1": ("completed", None, ""),
+        "good__learning_rate=1e+06": ("diverged", 1, ""),
+        "broken__learning_rate=0.1": ("failed", None, "error: bad gin config: fail"),
+        "broken__learning_rate=1e+06": ("failed", None, "error: bad gin config: fail")}
+    with open(out / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == list(status)
+    assert table[0]["variant"] == "good" and table[0]["train.learning_rate"] == "0.1"
+    md = (out / "summary.md").read_text()
+    assert "2 failed" in md
+    assert "| good__learning_rate=1e+06 | good | 1e+06 | diverged | 1 |" in md
+    assert "Best completed run by `best_test_accuracy`: good__learning_rate=0.1 (0.8000)" in md
+
+    rows = sw.run_sweep(study, sweep_dir=str(out), python=fake_python, poll_s=0.05,
+                        echo=lines.append)  # again: finished runs skipped, failed ones retried
+    assert "skip good__learning_rate=0.1: completed" in lines
+    assert "skip good__learning_rate=1e+06: diverged" in lines
+    assert _headers(out, "good__learning_rate=0.1") == 1
+    assert _headers(out, "broken__learning_rate=0.1") == 2
+
+
+def test_parallel_runs_overlap(tmp_path, fake_python):
+    study = sw.sweep(grid={"train.learning_rate": [0.1, 0.2]}, base_bindings=["fake.slow = 1"])
+    sw.run_sweep(study, sweep_dir=str(tmp_path), python=fake_python, parallel=2, poll_s=0.05,
+                 echo=lambda _: None)
+    (a, b) = (sw.read_results(str(tmp_path / f"learning_rate={lr}")) for lr in (0.1, 0.2))
+    assert a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def test_a_busy_sweep_dir_is_refused(tmp_path, fake_python):
+    fd = sw._lock(str(tmp_path))  # as a live sweep (or a run it started) holds it
+    try:
+        with pytest.raises(UserInputError, match="in use by another sweep.*sweep pid"):
+            sw.run_sweep(sw.sweep(grid={"x.y": [1]}), sweep_dir=str(tmp_path),
+                         python=fake_python)
+    finally:
+        os.close(fd)
+
+
+# ---- The real CLI: 2x2 tiny grid, one forced divergence, killed after run 1, resumed ------------
+
+GRID_RUNS = ["learning_rate=0.05__batch_size=250", "learning_rate=0.05__batch_size=500",
+             "learning_rate=1e+06__batch_size=250", "learning_rate=1e+06__batch_size=500"]
+
+
+def _sweep_cli(*args, **kwargs):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return [sys.executable, "-m", "keras_largebatch.sweep", *args], dict(
+        cwd=REPO, env=env, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    study = root / "tiny_study.gin"
+    study.write_text(
+        "sweep.base_gin_files = ['gin/tests/tiny.gin']\n"
+        f"sweep.base_bindings = {TINY!r}\n"
+        "sweep.grid = {'train.learning_rate': [0.05, 1e6], 'train.batch_size': [250, 500]}\n")
+    out = root / "out"
+    flags = [f"--gin_file={study}", f"--sweep_dir={out}", "--noplot"]
+
+    cmd, kw = _sweep_cli(*flags, "--parallel=1", stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(cmd, **kw)
+    results = out / GRID_RUNS[0] / "results.json"
+    deadline = time.time() + 240
+    while not sw.is_finished(str(out / GRID_RUNS[0])):
+        assert first.poll() is None and time.time() < deadline, "first run did not finish"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the sweep and the run it started next
+    killed_output, _ = first.communicate()
+    mtime = results.stat().st_mtime_ns
+
+    cmd, kw = _sweep_cli(*flags, "--parallel=2", capture_output=True)
+    resumed = subprocess.run(cmd, timeout=400, **kw)
+    return {"out": out, "mtime": mtime, "killed_output": killed_output,
+            "resumed": resumed}
+
+
+def test_real_sweep_writes_a_summary_row_per_run(real_sweep):
+    resumed = real_sweep["resumed"]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-3000:]
+    with open(real_sweep["out"] / "summary.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert list(rows) == GRID_RUNS
+    for name in GRID_RUNS[:2]:
+        assert rows[name]["status"] == "completed"
+        assert float(rows[name]["best_test_accuracy"]) > 0.1  # chance is 0.1
+    assert rows[GRID_RUNS[1]]["train.batch_size"] == "500"
+    md = (real_sweep["out"] / "summary.md").read_text()
+    assert md.count("\n| learning_rate=") == 4
+
+
+def test_real_divergence_is_recorded_with_its_epoch(real_sweep):
+    with open(real_sweep["out"] / "summary.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    for name in GRID_RUNS[2:]:
+        assert (rows[name]["status"], rows[name]["diverged_epoch"]) == ("diverged", "1")
+        results = sw.read_results(str(real_sweep["out"] / name))
+        losses = [e["train_loss"] for e in results["epochs"]]  # empty if stopped mid-epoch
+        reason = str((results.get("divergence") or {}).get("reason", ""))
+        assert not all(map(math.isfinite, losses)) or re.search("nan|inf", reason, re.I)
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_runs(real_sweep):
+    out, resumed = real_sweep["out"], real_sweep["resumed"]
+    assert f"start {GRID_RUNS[0]}" in real_sweep["killed_output"]
+    assert f"skip {GRID_RUNS[0]}: completed" in resumed.stdout
+    assert (out / GRID_RUNS[0] / "results.json").stat().st_mtime_ns == real_sweep["mtime"]
+    assert _headers(out, GRID_RUNS[0]) == 1  # launched once, in the killed sweep
+    assert [f"start {n}" in resumed.stdout for n in GRID_RUNS] == [False, True, True, True]
