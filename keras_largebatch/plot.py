@@ -303,11 +303,17 @@ class Run:
         return {t[len(prefix):]: c for t, c in sorted(self.scalars.items())
                 if t.startswith(prefix)}
 
+    @property
+    def batch_size(self) -> int | None:
+        """The (first) global batch size: from the epochs, else from config.gin."""
+        m = _number(self.epochs[0].get("batch_size")) if self.epochs else None
+        m = m or _number(self.config.get("train.batch_size"))
+        return int(m) if m else None
+
     def base_lr(self, lr_key: str | None = None) -> float | None:
         """eta~ = eta / m of seed 001 from the run's LR binding and scaling rule."""
         lr = _number(self.config.get(lr_key or "train.learning_rate"))
-        m = _number(self.epochs[0].get("batch_size")) if self.epochs else None
-        m = m or _number(self.config.get("train.batch_size"))
+        m = self.batch_size
         if lr is None or not m:
             return None
         rule = self.config.get("train.lr_scaling", "none")
@@ -392,6 +398,22 @@ def _is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "results.json"))
 
 
+def base_lr_points(runs: Sequence[Run], scores: Mapping[str, dict], *, metric: str,
+                   lr_key: str | None = None) -> list[dict]:
+    """The points of `plot_accuracy_vs_base_lr`, one per run whose base LR is known.
+
+    A run that diverged in its first epoch has no epochs; its batch size comes from config.gin.
+    """
+    points = []
+    for r in runs:
+        lr, m = r.base_lr(lr_key), r.batch_size
+        if lr is not None and m:
+            points.append({"run": r.label, "batch_size": m, "base_lr": lr,
+                           "accuracy": scores[r.label][metric],
+                           "diverged": scores[r.label]["status"] == "diverged"})
+    return points
+
+
 def plot_sweep(sweep_dir: str) -> list[str]:
     """Every figure that applies to a sweep; PNGs in `sweep_dir`."""
     runs, manifest = _sweep_runs(sweep_dir)
@@ -405,13 +427,7 @@ def plot_sweep(sweep_dir: str) -> list[str]:
     title = manifest.get("title") or os.path.basename(os.path.normpath(sweep_dir))
     paths = []
 
-    points = []
-    for r in runs:
-        lr = r.base_lr(manifest.get("base_lr_key"))
-        if lr is not None and r.epochs:
-            points.append({"batch_size": r.epochs[0].get("batch_size"), "base_lr": lr,
-                           "accuracy": scores[r.label][metric],
-                           "diverged": scores[r.label]["status"] == "diverged"})
+    points = base_lr_points(runs, scores, metric=metric, lr_key=manifest.get("base_lr_key"))
     if len({p["base_lr"] for p in points}) > 1:
         paths.append(plot_accuracy_vs_base_lr(
             points, os.path.join(sweep_dir, "accuracy_vs_base_lr.png"),

@@ -408,6 +408,9 @@ def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "
     echo = echo or functools.partial(print, flush=True)
     if not isinstance(parallel, int) or parallel < 1:
         raise UserInputError(f"--parallel must be an integer >= 1; got {parallel!r}")
+    if parallel > (os.cpu_count() or 1):
+        echo(f"warning: --parallel={parallel} exceeds the {os.cpu_count()} CPU cores; runs will "
+             "be slower each, and timing metrics are not comparable")
     os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
     lock_fd = _lock(sweep_dir)
     title = title or os.path.basename(os.path.abspath(sweep_dir))

@@ -63,11 +63,10 @@ def sweep_dir(tmp_path_factory):
         for lr in (2.0 ** -8, 2.0 ** -6):
             name = f"batch_size={m}__learning_rate={lr:g}"
             names.append(name)
-            diverged = m == 256 and lr == 2.0 ** -6
-            acc = [0.1, float("nan")] if diverged else [0.5, 0.6, 0.65, 0.7, 0.72, 0.71]
-            losses = [2.3, float("nan")] if diverged else None
+            diverged = m == 256 and lr == 2.0 ** -6  # stopped inside epoch 1: no epochs
+            acc = [] if diverged else [0.5, 0.6, 0.65, 0.7, 0.72, 0.71]
             _write_run(root / name, status="diverged" if diverged else "completed",
-                       epochs=_epochs(acc, batch_size=m, repeats=repeats, losses=losses),
+                       epochs=_epochs(acc, batch_size=m, repeats=repeats),
                        config=f"train.batch_size = {m}\ntrain.learning_rate = {lr!r}\n"
                               "train.lr_scaling = 'linear'\n")
     (root / SWEEP_FILE).write_text(json.dumps({
@@ -124,6 +123,12 @@ def test_sweep_folder_gets_the_base_lr_and_per_M_figures(sweep_dir):
     assert {"accuracy_vs_base_lr.png", "test_error.png", "train_loss.png",
             "test_error_by_M.png"} <= names
     assert "lars_local_lr.png" not in names  # no LARS run in this sweep
+    runs = [plot.Run(str(p)) for p in sorted(sweep_dir.glob("batch_size=*"))]
+    scores = {r.label: {"status": r.results["status"], "acc": 0.7} for r in runs}
+    points = {(p["batch_size"], p["base_lr"]): p["diverged"]
+              for p in plot.base_lr_points(runs, scores, metric="acc")}
+    assert points == {(32, 2.0 ** -8): False, (32, 2.0 ** -6): False,
+                      (256, 2.0 ** -8): False, (256, 2.0 ** -6): True}
 
 
 def test_base_lr_follows_the_runs_scaling_rule(tmp_path, sweep_dir):
