@@ -247,7 +247,7 @@ class RunKeeper:
 
     def _save(self, updates: int) -> None:
         options = None
-        if updates == self._kill_in_save:
+        if self._kill_in_save and updates == self._kill_in_save:
             options = tf.train.CheckpointOptions(experimental_write_callbacks=[_truncate_and_kill])
         self.manager.save(checkpoint_number=updates, options=options)
         self._last_saved = updates
@@ -256,7 +256,7 @@ class RunKeeper:
                                      self.history)
 
     def _test_hooks(self, updates: int) -> None:
-        if updates == self._kill_at:
+        if self._kill_at and updates == self._kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         if self._signal_at and updates == self._signal_at[0]:
             os.kill(os.getpid(), self._signal_at[1])
