@@ -171,11 +171,13 @@ class BatchAugment:
         self.ratio = ratio
 
     def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        if tuple(images.shape[1:]) != self.input_shape:
+        got = tuple(images.shape[1:])
+        if len(got) != 3 or any(g is not None and g != e for g, e in zip(got, self.input_shape)):
             raise UserInputError(
                 f"augmentation built for input_shape={self.input_shape} got images of shape "
-                f"{tuple(images.shape[1:])}; pass the data source's input_shape to make_augment"
+                f"{got}; pass the data source's input_shape to make_augment"
             )
+        images = tf.ensure_shape(images, (None, *self.input_shape))  # static h, w for the ops
         if self.policy == "inception":
             images = random_resized_crop(images, seed, self.scale, self.ratio)
         else:
