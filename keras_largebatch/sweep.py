@@ -24,8 +24,15 @@ macro). Rerunning the same command resumes: runs whose results.json has a final 
 (completed, diverged) are skipped, the others are launched again with the same command and resume
 from their checkpoints. A diverged run is recorded with its epoch and the sweep goes on; a run
 that exits non-zero without results.json is recorded as failed (its log is in logs/<run>.log).
-After every run, <sweep_dir>/summary.csv and summary.md are rewritten; at the end the plots
-(keras_largebatch.plot) are regenerated.
+After every run, <sweep_dir>/summary.csv and summary.md are rewritten (one row per run: grid
+values, status, diverged_epoch and every METRICS value); at the end the plots
+(keras_largebatch.plot) are regenerated. <sweep_dir>/sweep.json keeps each run's command and
+last outcome; logs/<run>.log its output.
+
+`--parallel N` starts N runs at once and gives each cores/N TensorFlow threads. A lock on
+<sweep_dir>/.sweep.lock, inherited by the runs, refuses a second sweep on the same folder while
+this one or any run it started is alive. SIGTERM / Ctrl-C stop the running runs with SIGTERM
+(they checkpoint and resume next time). `--dry_run` prints each run's command.
 """
 
 from __future__ import annotations
