@@ -222,7 +222,7 @@ def real_sweep(tmp_path_factory):
             "resumed": resumed}
 
 
-@pytest.mark.slow  # 4 real CLI runs: ~35 s on 2 idle cores, ~90 s under load
+@pytest.mark.slow  # 4 real CLI runs: ~25 s CPU, ~90 s wall on 2 shared, busy cores
 def test_real_sweep_writes_a_summary_row_per_run(real_sweep):
     resumed = real_sweep["resumed"]
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-3000:]
@@ -237,7 +237,7 @@ def test_real_sweep_writes_a_summary_row_per_run(real_sweep):
     assert md.count("\n| learning_rate=") == 4
 
 
-@pytest.mark.slow  # 4 real CLI runs: ~35 s on 2 idle cores, ~90 s under load
+@pytest.mark.slow  # 4 real CLI runs: ~25 s CPU, ~90 s wall on 2 shared, busy cores
 def test_real_divergence_is_recorded_with_its_epoch(real_sweep):
     with open(real_sweep["out"] / "summary.csv") as f:
         rows = {r["run"]: r for r in csv.DictReader(f)}
@@ -249,7 +249,7 @@ def test_real_divergence_is_recorded_with_its_epoch(real_sweep):
         assert not all(map(math.isfinite, losses)) or re.search("nan|inf", reason, re.I)
 
 
-@pytest.mark.slow  # 4 real CLI runs: ~35 s on 2 idle cores, ~90 s under load
+@pytest.mark.slow  # 4 real CLI runs: ~25 s CPU, ~90 s wall on 2 shared, busy cores
 def test_killed_sweep_resumes_without_rerunning_finished_runs(real_sweep):
     out, resumed = real_sweep["out"], real_sweep["resumed"]
     assert f"start {GRID_RUNS[0]}" in real_sweep["killed_output"]
