@@ -9,6 +9,7 @@ Binding names, by what they configure:
     cnn_fashion.dropout       model builders, by registered model name
     SGD.momentum, LARS.*      optimizer classes, chosen by train.optimizer = 'sgd' | 'momentum' |
                               'adam' | 'lars'
+    make_augment.cutout_size  augmentation options; the policy is train.augment = 'cutout'
     LinearWarmup.*, AdaBatch.* schedules: train.learning_rate = @LinearWarmup(),
                               train.batch_schedule = @AdaBatch()
 """
@@ -19,7 +20,7 @@ import gin
 import keras
 
 from keras_largebatch import schedules
-from keras_largebatch.data import sources
+from keras_largebatch.data import augment, sources
 from keras_largebatch.models import registry
 from keras_largebatch.optimizers import LARS
 from keras_largebatch.training import loop, optimizer_factory, strategy
@@ -61,6 +62,7 @@ def register_configurables() -> None:
     optimizer_factory.register_optimizer(
         "lars", gin.external_configurable(LARS, module="keras_largebatch.optimizers"))
 
+    loop.make_augment = gin.external_configurable(augment.make_augment, name="make_augment")
     for name in SCHEDULES:
         gin.external_configurable(getattr(schedules, name), module="keras_largebatch.schedules")
 

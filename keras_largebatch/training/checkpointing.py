@@ -115,7 +115,7 @@ class RunKeeper:
     def __init__(self, *, run_dir: str, model: keras.Model, optimizer, progress, metrics,
                  guard: DivergenceGuard, strategy: tf.distribute.Strategy, chief: bool,
                  epochs: int, every_steps: int | None, log_every_steps: int, keep: int,
-                 overwrite: bool, verbose: bool):
+                 overwrite: bool, verbose: bool, extra_state: dict | None = None):
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
         self.progress, self.metrics, self.guard = progress, metrics, guard
         self.strategy, self.chief, self.epochs = strategy, chief, epochs
@@ -128,6 +128,7 @@ class RunKeeper:
                      rng=ModelRNG(model), run_state=self.state)
         if guard.lr_multiplier is not None:
             parts["lr_multiplier"] = guard.lr_multiplier
+        parts.update(extra_state or {})  # e.g. the step's grad_scale (seed 003 adaptation)
         self.checkpoint = tf.train.Checkpoint(**parts)
         self.directory = os.path.join(run_dir, CHECKPOINT_DIR)
         self._private_dir = None if chief else tempfile.mkdtemp(prefix="keras_largebatch-worker-")
@@ -184,9 +185,9 @@ class RunKeeper:
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise UserInputError(
-                f"checkpoint {path} does not fit this run ({first}); it was written for another "
-                f"model or optimizer: move {self.directory} away, or pass --overwrite to start "
-                f"afresh") from None
+                f"checkpoint {path} cannot be restored into this run ({first}); it is damaged or "
+                f"holds another model or optimizer: move {self.directory} away, or pass "
+                f"--overwrite to start afresh") from None
 
     def _check_workers_agree(self, updates: int) -> None:
         """Multi-worker: every worker must have restored the same update count."""

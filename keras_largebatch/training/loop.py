@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_largebatch.data import DataSource, check_batch_size, eval_dataset, get_source
+from keras_largebatch.data.augment import make_augment
 from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.models import build_model
@@ -105,7 +106,9 @@ def train(
     epochs: int = 8,
     seed: int = 0,
     repeats: int = 1,
-    augment: Callable | None = None,
+    augment: str | Callable | None = None,
+    log_gradient_norm: bool = False,
+    adapt_grad_norm_every: int | None = None,
     max_per_replica_batch: int | None = None,
     lr_scaling: str = "none",
     lr_reference_batch_size: int = 1,
@@ -129,7 +132,10 @@ def train(
     """Train `model` on `dataset`; write TensorBoard, checkpoints and results.json to run_dir.
 
     `batch_size` is the global batch of distinct samples per update (all replicas); with
-    `repeats=M` each update sees M augmented copies of them (seed 003). `batch_schedule`
+    `repeats=M` each update sees M augmented copies of them (seed 003), `augment` names the
+    augmentation policy ("standard", "cutout", "inception"; data/augment.py) or is a callable
+    `f(images, seed)`; `log_gradient_norm` records the global gradient's L2 norm per epoch and
+    `adapt_grad_norm_every=N` rescales the loss as the seed-003 authors' code does. `batch_schedule`
     (AdaBatch, PiecewiseBatch, ...) replaces `batch_size` by phase, and its LR multiplier is
     applied to `learning_rate` (a float or epoch-keyed schedule); `lr_scaling` = "linear" |
     "sqrt" scales it with the phase's batch relative to `lr_reference_batch_size`. A per-replica
@@ -180,9 +186,13 @@ def train(
         opt = create_optimizer(optimizer, learning_rate=guard.wrap_learning_rate(learning_rate))
         opt.build(net.trainable_variables)
         metrics = RunningMetrics()
+    if isinstance(augment, str):  # a policy name (data/augment.py); options are gin bindings
+        augment = make_augment(augment, input_shape=source.input_shape, mean=source.mean)
     step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
                      metrics=metrics, repeats=repeats, jit_compile=jit_compile,
-                     max_per_replica_batch=max_per_replica_batch)
+                     max_per_replica_batch=max_per_replica_batch,
+                     gradient_norm=log_gradient_norm or bool(adapt_grad_norm_every),
+                     adapt_grad_norm_every=adapt_grad_norm_every)
     lars = find_lars(opt)
     evaluate = _evaluate_fn(net)
     test_data = eval_dataset(source, batch_size=eval_batch_size)
@@ -201,7 +211,9 @@ def train(
                        metrics=metrics, guard=guard, strategy=strategy, chief=chief,
                        epochs=epochs, every_steps=checkpoint_every_steps,
                        log_every_steps=log_every_steps, keep=checkpoints_to_keep,
-                       overwrite=overwrite, verbose=verbose)
+                       overwrite=overwrite, verbose=verbose,
+                       extra_state={"grad_scale": step.grad_scale} if adapt_grad_norm_every
+                       else None)
 
     # ---- Restore (checkpointing.py: what a checkpoint holds; refused before any write) ----
     start_epoch, skip_steps = keeper.restore()
@@ -284,6 +296,8 @@ def train(
                 "learning_rate": epoch_lr,
                 "batch_size": phase.batch_size,
                 "effective_batch_size": phase.batch_size * repeats,
+                "repeats": repeats,
+                "gradient_norm": metrics.gradient_norm(),
                 "samples_per_second": (steps - skip) * phase.batch_size / epoch_time,
                 "epoch_time_s": epoch_time,
             }
@@ -294,6 +308,11 @@ def train(
                 "learning_rate": record["learning_rate"], "batch_size": phase.batch_size,
                 "samples_per_second": record["samples_per_second"],
                 "epoch_time_s": epoch_time,
+                "effective_batch_size": phase.batch_size * repeats, "repeats": repeats,
+                **({"train/gradient_norm": record["gradient_norm"]}
+                   if record["gradient_norm"] is not None else {}),
+                **({"grad_scale": float(step.grad_scale.numpy())}
+                   if adapt_grad_norm_every else {}),
             }, step=epoch + 1)
             if lars is not None:
                 summaries.lars_trust_ratios(lars, step=epoch + 1)

@@ -16,9 +16,12 @@ class RunningMetrics(tf.Module):
         self.loss_sum = tf.Variable(0.0, dtype=tf.float64, name="loss_sum", **kw)
         self.correct = tf.Variable(0.0, dtype=tf.float64, name="correct", **kw)
         self.count = tf.Variable(0.0, dtype=tf.float64, name="count", **kw)
+        self.gradient_norm_sum = tf.Variable(0.0, dtype=tf.float64, name="grad_norm_sum", **kw)
+        self.gradient_norm_count = tf.Variable(0.0, dtype=tf.float64, name="grad_norm_n", **kw)
 
     def reset(self) -> None:
-        for v in (self.loss_sum, self.correct, self.count):
+        for v in (self.loss_sum, self.correct, self.count, self.gradient_norm_sum,
+                  self.gradient_norm_count):
             v.assign(0.0)
 
     def update(self, loss_sum, correct, count) -> None:
@@ -26,10 +29,19 @@ class RunningMetrics(tf.Module):
         self.correct.assign_add(tf.cast(correct, tf.float64))
         self.count.assign_add(tf.cast(count, tf.float64))
 
+    def update_gradient_norm(self, norm) -> None:
+        self.gradient_norm_sum.assign_add(tf.cast(norm, tf.float64))
+        self.gradient_norm_count.assign_add(1.0)
+
     def result(self) -> dict[str, float]:
         n = max(float(self.count.numpy()), 1.0)
         return {"loss": float(self.loss_sum.numpy()) / n,
                 "accuracy": float(self.correct.numpy()) / n}
+
+    def gradient_norm(self) -> float | None:
+        """Mean L2 norm of the global gradient per update since `reset`, if measured."""
+        n = float(self.gradient_norm_count.numpy())
+        return float(self.gradient_norm_sum.numpy()) / n if n else None
 
 
 def example_stats(labels, logits, per_example_loss):

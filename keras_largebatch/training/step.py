@@ -18,6 +18,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_largebatch.data.grad_norm import estimate_grad_norm_scale
+from keras_largebatch.errors import UserInputError
 from keras_largebatch.training.accumulation import accumulate_gradients
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.progress import Progress
@@ -42,7 +44,17 @@ class TrainStep:
         repeats: int = 1,
         jit_compile: bool = False,
         max_per_replica_batch: int | None = None,
+        gradient_norm: bool = False,
+        adapt_grad_norm_every: int | None = None,
     ):
+        if adapt_grad_norm_every is not None and (
+                isinstance(adapt_grad_norm_every, bool)
+                or not isinstance(adapt_grad_norm_every, int) or adapt_grad_norm_every < 1):
+            raise UserInputError(f"adapt_grad_norm_every must be an integer >= 1 or None; got "
+                                 f"{adapt_grad_norm_every!r}")
+        if adapt_grad_norm_every and max_per_replica_batch:
+            raise UserInputError("adapt_grad_norm_every cannot be combined with "
+                                 f"max_per_replica_batch={max_per_replica_batch}; drop one")
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -52,11 +64,25 @@ class TrainStep:
         self.loss_fn = per_example_loss_fn()
         self.trace_count = 0
         self.max_per_replica_batch = max_per_replica_batch
+        self.gradient_norm = gradient_norm
+        self.adapt_grad_norm_every = adapt_grad_norm_every
+        # Seed 003's gradient-norm adaptation factor on the data loss (1 = off); checkpointed.
+        self.grad_scale = tf.Variable(1.0, trainable=False, name="grad_scale")
+        self._host_updates: int | None = None
+        self._rescale_step = tf.function(self._distributed_rescale_step)
         self._grads_fn = (tf.function(self._loss_and_grads, jit_compile=True)
                           if jit_compile else self._loss_and_grads)
         self._step = tf.function(self._distributed_step)
 
     def __call__(self, iterator) -> None:
+        if self.adapt_grad_norm_every and self.repeats > 1:
+            if self._host_updates is None:
+                self._host_updates = int(self.optimizer.iterations.numpy())
+            rescale = self._host_updates % self.adapt_grad_norm_every == 0
+            self._host_updates += 1
+            if rescale:
+                self._rescale_step(iterator)
+                return
         self._step(iterator)
 
     def _loss_and_grads(self, images, labels):
@@ -68,6 +94,8 @@ class TrainStep:
             logits = self.model(images, training=True)
             per_example = self.loss_fn(labels, logits)
             loss = tf.reduce_sum(per_example) / global_batch
+            if self.adapt_grad_norm_every:
+                loss *= self.grad_scale
             if self.model.losses:
                 loss += tf.add_n(self.model.losses) / replicas
             if hasattr(self.optimizer, "scale_loss"):
@@ -88,15 +116,66 @@ class TrainStep:
             grads, stats = self._accumulated_loss_and_grads(images, labels)
         else:
             grads, stats = self._grads_fn(images, labels)
+        norm = tf.zeros([])
+        if self.gradient_norm:
+            grads, norm = self._all_reduced_with_norm(grads)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return stats
+        return (*stats, norm)
+
+    def _all_reduced_with_norm(self, grads):
+        """L2 norm of the global gradient (seed 003 Fig. 4) without reducing twice.
+
+        We all-reduce here to see the global gradient, then hand the optimizer grads / R: its own
+        all-reduce sums R identical copies back to the global gradient (exact for R = 2^k).
+        """
+        replicas = self.strategy.num_replicas_in_sync
+        present = [g for g in grads if g is not None]
+        reduced = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, present)
+        norm = tf.linalg.global_norm(reduced)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            norm /= tf.cast(self.optimizer.dynamic_scale, norm.dtype)
+        it = iter(reduced)
+        grads = [None if g is None else next(it) / replicas for g in grads]
+        return grads, norm
+
+    def _replica_grad_scale(self, images, labels):
+        """Seed 003 authors' grad_scale on this batch (data/grad_norm.py), global gradients."""
+        replicas = self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        context = tf.distribute.get_replica_context()
+
+        def global_grads(x, y):
+            with tf.GradientTape() as tape:
+                logits = self.model(x, training=True)
+                loss = tf.reduce_sum(self.loss_fn(y, logits)) / tf.cast(
+                    tf.shape(y)[0] * replicas, tf.float32)
+            grads = [tf.zeros_like(v) if g is None else g
+                     for g, v in zip(tape.gradient(loss, variables), variables)]
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+        return estimate_grad_norm_scale(global_grads, images, labels, repeats=self.repeats)
 
     def _distributed_step(self, iterator):
         self.trace_count += 1  # Python side effect: runs only while tracing
         images, labels = next(iterator)
-        stats = self.strategy.run(self._replica_step, args=(images, labels))
+        self._train_on(images, labels)
+
+    def _distributed_rescale_step(self, iterator):
+        """Every `adapt_grad_norm_every` updates: re-estimate grad_scale, then train."""
+        images, labels = next(iterator)
+        scale = self.strategy.run(self._replica_grad_scale, args=(images, labels))
+        self.grad_scale.assign(
+            self.strategy.reduce(tf.distribute.ReduceOp.MEAN, scale, axis=None))
+        self._train_on(images, labels)
+
+    def _train_on(self, images, labels):
+        *stats, norm = self.strategy.run(self._replica_step, args=(images, labels))
         loss_sum, correct, count = (
             self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in stats
         )
         self.metrics.update(loss_sum, correct, count)
+        if self.gradient_norm:
+            self.metrics.update_gradient_norm(
+                self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
         self.progress.advance(count / self.repeats)
