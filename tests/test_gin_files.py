@@ -15,7 +15,9 @@ from keras_largebatch.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
 GIN_FILES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "gin").rglob("*.gin")
-                   if "/models/" not in p.as_posix() and "/runs/" not in p.as_posix())
+                   if not any(f"/{d}/" in p.as_posix() for d in ("models", "runs", "studies")))
+STUDY_FILES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "gin" / "studies").glob(
+    "*.gin"))
 # Mocked tfds sources are small: train one epoch (only the first phase's batch must fit).
 CIFAR = (["train.epochs = 1"], 1024)
 IMAGENET = (["train.epochs = 1", "imagenet2012.image_size = 32", "train.batch_size = 16",
@@ -57,3 +59,19 @@ def test_gin_file_parses_and_builds(gin_file, tmp_path):
     assert summary["status"] == "dry_run" and summary["parameters"] > 0
     assert summary["phases"] and summary["learning_rate"] >= 0  # warmups may start at 0
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("study_file", STUDY_FILES)
+def test_study_file_expands_and_its_runs_build(study_file, tmp_path):
+    """A study (gin/studies/) expands to runs; the first and last run configs build."""
+    from keras_largebatch import sweep
+
+    gin.clear_config()
+    study = sweep.load_study([str(REPO / study_file)], [])
+    assert len(study.runs) >= 2
+    for run in (study.runs[0], study.runs[-1]):
+        gin.clear_config()
+        files = [str(REPO / f) for f in run.gin_files]
+        gin.parse_config_files_and_bindings(files, list(run.bindings))
+        summary = loop.train(run_dir=str(tmp_path / run.name), dry_run=True, verbose=False)
+        assert summary["status"] == "dry_run"

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from keras_largebatch.data import DataSource, check_batch_size, eval_dataset, get_source
 from keras_largebatch.data.augment import make_augment
-from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn
+from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn, train_eval_dataset
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.models import build_model
 from keras_largebatch.optimizers.lars_callback import find_lars
@@ -114,6 +114,7 @@ def train(
     lr_reference_batch_size: int = 1,
     jit_compile: bool = False,
     eval_batch_size: int = 1000,
+    eval_train_set: bool = False,
     log_every_steps: int = 50,
     checkpoints_to_keep: int = 2,
     checkpoint_every_steps: int | None = 1000,
@@ -140,8 +141,10 @@ def train(
     applied to `learning_rate` (a float or epoch-keyed schedule); `lr_scaling` = "linear" |
     "sqrt" scales it with the phase's batch relative to `lr_reference_batch_size`. A per-replica
     batch above `max_per_replica_batch` is split into equal micro-batches whose gradients are
-    accumulated into one update. Returns the results dict. `dry_run` validates and builds
-    everything (data, phases, model, optimizer, schedules), writes nothing and returns a summary.
+    accumulated into one update. `eval_train_set` also evaluates the loss on the whole training
+    set each epoch (seed 002's training-loss curves). Returns the results dict. `dry_run`
+    validates and builds everything (data, phases, model, optimizer, schedules), writes nothing
+    and returns a summary.
 
     Checkpoints every `checkpoint_every_steps` updates and every epoch; rerunning resumes
     exactly (bitwise with `deterministic`, see checkpointing.py). A non-finite loss, or one
@@ -196,6 +199,8 @@ def train(
     lars = find_lars(opt)
     evaluate = _evaluate_fn(net)
     test_data = eval_dataset(source, batch_size=eval_batch_size)
+    train_data = (train_eval_dataset(source, batch_size=eval_batch_size) if eval_train_set
+                  else None)
 
     if dry_run:
         return {"status": "dry_run", "dataset": source.name, "model": model,
@@ -287,6 +292,7 @@ def train(
             epoch_time = time.perf_counter() - epoch_start
             train_result = metrics.result()
             test_result = evaluate(test_data)
+            full_train = evaluate(train_data) if train_data is not None else None
             record = {
                 "epoch": epoch + 1,
                 "train_loss": train_result["loss"],
@@ -298,6 +304,8 @@ def train(
                 "effective_batch_size": phase.batch_size * repeats,
                 "repeats": repeats,
                 "gradient_norm": metrics.gradient_norm(),
+                **({"full_train_loss": full_train["loss"],
+                    "full_train_accuracy": full_train["accuracy"]} if full_train else {}),
                 "samples_per_second": (steps - skip) * phase.batch_size / epoch_time,
                 "epoch_time_s": epoch_time,
             }
@@ -309,6 +317,8 @@ def train(
                 "samples_per_second": record["samples_per_second"],
                 "epoch_time_s": epoch_time,
                 "effective_batch_size": phase.batch_size * repeats, "repeats": repeats,
+                **({"train_full/loss": full_train["loss"],
+                    "train_full/accuracy": full_train["accuracy"]} if full_train else {}),
                 **({"train/gradient_norm": record["gradient_norm"]}
                    if record["gradient_norm"] is not None else {}),
                 **({"grad_scale": float(step.grad_scale.numpy())}
