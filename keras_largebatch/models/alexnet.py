@@ -46,7 +46,8 @@ def _conv_block(
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _dense_block(x, *, units: int, use_bn: bool, bn_batch_size, regularizer, name: str):
+def _dense_block(x, *, units: int, use_bn: bool, bn_batch_size, regularizer, name: str,
+                 **bn_kwargs):
     """dense -> (BN) -> ReLU, no bias when BN follows."""
     x = layers.Dense(
         units,
@@ -56,7 +57,7 @@ def _dense_block(x, *, units: int, use_bn: bool, bn_batch_size, regularizer, nam
         name=name,
     )(x)
     if use_bn:
-        x = _batch_norm(bn_batch_size, f"{name}_bn")(x)
+        x = _batch_norm(bn_batch_size, f"{name}_bn", **bn_kwargs)(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -68,6 +69,7 @@ def alexnet_reduced(
     batch_norm: Literal["none", "conv", "all"] = "none",
     weight_decay: float = 0.0,
     bn_batch_size: int | None = None,
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """The reduced AlexNet of seed 001 (Masters & Luschi), Section 3.1.
 
@@ -76,7 +78,8 @@ def alexnet_reduced(
     hidden layers of 256 units; He initialisation. `batch_norm` picks the variant:
     "none" (Figs 1, 16), "all" = BN after every conv and both hidden FC layers (Fig
     5), "conv" = BN after the convs only (Fig 6). The paper trains it with weight
-    decay 5e-4 (pass `weight_decay=5e-4`).
+    decay 5e-4 (pass `weight_decay=5e-4`). `bn_momentum` is the moving-statistics momentum
+    (Keras' 0.99 lags badly when a large-batch run makes only ~100 updates; Caffe uses 0.9).
 
     Left open by the paper, chosen here: max-pools after conv1, conv2 and conv5 as in
     AlexNet; 'same' padding for convs and pools, so 28x28 and 32x32 inputs both end in
@@ -104,6 +107,7 @@ def alexnet_reduced(
             bn_batch_size=bn_batch_size,
             regularizer=reg,
             name=f"conv{idx}",
+            momentum=bn_momentum,
         )
         if idx in (1, 2, 5):
             x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{idx}")(x)
@@ -116,6 +120,7 @@ def alexnet_reduced(
             bn_batch_size=bn_batch_size,
             regularizer=reg,
             name=f"fc{idx}",
+            momentum=bn_momentum,
         )
     outputs = layers.Dense(
         num_classes,
