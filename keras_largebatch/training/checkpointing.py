@@ -140,6 +140,7 @@ class RunKeeper:
         self.divergence: dict | None = None
         self.interrupted_by: str | None = None
         self.resume_update = self.resume_step = 0
+        self.weights_sha256: str | None = None
         self._last_saved: int | None = None
         self._kill_at = _env_int("KERAS_LARGEBATCH_TEST_KILL_AT_STEP")
         self._kill_in_save = _env_int("KERAS_LARGEBATCH_TEST_KILL_IN_SAVE")
@@ -310,7 +311,8 @@ class RunKeeper:
         digest = hashlib.sha256()
         for v in self.model.weights:
             digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
-        fields = {"restores": self.state.restores, "weights_sha256": digest.hexdigest()}
+        self.weights_sha256 = digest.hexdigest()
+        fields = {"restores": self.state.restores, "weights_sha256": self.weights_sha256}
         if self.divergence is not None:
             fields["divergence"] = self.divergence
             fields["diverged_epoch"] = self.divergence["epoch"]
@@ -320,9 +322,13 @@ class RunKeeper:
         return fields
 
     def finish(self) -> None:
-        """Export the final model (chief, completed runs) and remove a worker's private dir."""
+        """Export the final model (chief, completed runs) and remove a worker's private dir.
+
+        Every worker prints the digest of its final weights (equal on all workers)."""
         if self.chief and self.status == "completed":
             export_model(self.model, os.path.join(self.run_dir, MODEL_FILE))
+        if self.verbose and self.weights_sha256:
+            print(f"Final weights sha256: {self.weights_sha256}", flush=True)
         if self._private_dir:
             shutil.rmtree(self._private_dir, ignore_errors=True)
 

@@ -1,0 +1,146 @@
+"""Multi-worker training on localhost: two worker processes of the real CLI with TF_CONFIG on
+127.0.0.1 (MultiWorkerMirroredStrategy), an AdaBatch phase switch, 280 updates.
+
+1. Both workers end with the same weights, and the losses match a single-process 2-replica
+   MirroredStrategy run to 1e-4.
+2. One worker is SIGKILLed mid-run (the other is then stuck in a collective and is killed too);
+   both are restarted with the same command and resume from the last checkpoint, ending with
+   the weights of the uninterrupted multi-worker run.
+
+Ports come from binding to port 0 on 127.0.0.1; every process is waited for with a timeout and
+killed in `finally`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ..cli import REPO, TINY, run_cli
+
+B = "--gin_bindings="
+# 12000 examples: global batch 64 for 187 updates, then 128 for 93 (AdaBatch), 280 in all.
+CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 12000",
+          B + "fashion_mnist.max_test_examples = 2000", B + "train.epochs = 2",
+          B + "train.batch_schedule = @AdaBatch()", B + "AdaBatch.initial_batch_size = 64",
+          B + "AdaBatch.interval_epochs = 1", B + "train.checkpoint_every_steps = 50",
+          B + "train.deterministic = True"]
+TIMEOUT = 300  # seconds per process
+RUN_DIR_FILES = {"checkpoints", "config.gin", "history.json", "model.keras", "results.json",
+                 "tensorboard"}
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (bound to port 0, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def run_workers(run_dir: Path, ports: list[int], logs: Path, *, kill_worker_at: int = 0,
+                ) -> list[tuple[int, str]]:
+    """Start one CLI process per port; return [(exit status, output)] per worker.
+
+    With `kill_worker_at`, the last worker SIGKILLs itself after that update; the others then
+    wait in a collective for ever and are killed once it is gone.
+    """
+    procs, outputs = [], []
+    try:
+        for index in range(len(ports)):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                   "TF_CONFIG": tf_config(ports, index)}
+            if kill_worker_at and index == len(ports) - 1:
+                env["KERAS_LARGEBATCH_TEST_KILL_AT_STEP"] = str(kill_worker_at)
+            log = open(logs / f"worker{index}.log", "w")  # closed in finally
+            outputs.append(log)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "keras_largebatch.main", *CONFIG, f"--run_dir={run_dir}"],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+        if kill_worker_at:
+            procs[-1].wait(timeout=TIMEOUT)
+            for p in procs[:-1]:
+                p.kill()
+        for p in procs:
+            p.wait(timeout=TIMEOUT)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in outputs:
+            log.close()
+    return [(p.returncode, (logs / f"worker{i}.log").read_text()) for i, p in enumerate(procs)]
+
+
+def _digest(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.startswith("Final weights sha256: ")]
+    assert len(lines) == 1, output[-2000:]
+    return lines[0].split()[-1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multi_worker")
+    for name in ("plain", "killed", "resumed"):
+        (tmp / name).mkdir()
+
+    def killed_then_resumed():
+        ports = free_ports(2)
+        killed = run_workers(tmp / "run_killed", ports, tmp / "killed", kill_worker_at=120)
+        return killed, run_workers(tmp / "run_killed", ports, tmp / "resumed")
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        plain = pool.submit(run_workers, tmp / "run", free_ports(2), tmp / "plain")
+        reference = pool.submit(run_cli, *CONFIG, B + "make_strategy.num_cpu_replicas = 2",
+                                f"--run_dir={tmp / 'ref'}", timeout=TIMEOUT)
+        chain = pool.submit(killed_then_resumed)
+        return tmp, plain.result(), reference.result(), chain.result()
+
+
+@pytest.mark.slow
+def test_two_workers_agree_and_match_two_replicas(runs):
+    tmp, workers, reference, _ = runs
+    for code, output in workers:
+        assert code == 0, output[-3000:]
+        assert "Epoch 2/2 (global batch 128, 93 steps)" in output
+    assert _digest(workers[0][1]) == _digest(workers[1][1])  # same weights on both workers
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    got = json.loads((tmp / "run" / "results.json").read_text())
+    want = json.loads((tmp / "ref" / "results.json").read_text())
+    assert got["replicas"] == want["replicas"] == 2
+    assert got["batch_size_per_epoch"] == want["batch_size_per_epoch"] == [64, 128]
+    for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        np.testing.assert_allclose([e[key] for e in got["epochs"]],
+                                   [e[key] for e in want["epochs"]], atol=1e-4, err_msg=key)
+    # Only the chief writes the run dir; worker 1's checkpoints went to a private temp dir.
+    assert {p.name for p in (tmp / "run").iterdir()} == RUN_DIR_FILES
+
+
+@pytest.mark.slow
+def test_killed_worker_job_resumes_from_the_last_checkpoint(runs):
+    tmp, workers, _, (killed, resumed) = runs
+    assert killed[1][0] == -9, killed[1][1][-2000:]  # the worker that was killed
+    for code, output in resumed:
+        assert code == 0, output[-3000:]
+        assert "at epoch 1, step 100, from" in output  # ckpt-100: the last before update 120
+    digests = {_digest(output) for _, output in resumed}
+    assert digests == {_digest(workers[0][1])}  # = the uninterrupted multi-worker run
+    assert {p.name for p in (tmp / "run_killed").iterdir()} == RUN_DIR_FILES
