@@ -33,10 +33,17 @@ Documented edge cases (all follow from the formula, none is special-cased by han
   -2 max(-c, 0) is exactly the rebound of Eq. 6.
 - Ties (e.g. everything 0 when f = 0) resolve to the smallest m.
 
-The maximisation is exact: u is evaluated at every integer 1..max_batch_size, vectorised
-(O(max_batch_size) erfc evaluations: ~0.1 ms for 4096 in NumPy or in a TF graph). The reference
-implementation binary-searches the derivative, which assumes u is unimodal; the exact scan needs
-no such assumption and stays cheap for caps up to ~1e6.
+u is unimodal in m. Proof: write g(m) = A - 2 h(k / sqrt(m)) with A = eta mu - 2 max(-c, 0),
+k = eta sigma and h(tau) = tau L(|c| / tau) = E[(tau Z - |c|)^+], which is increasing and convex
+in tau. With t = 1 / sqrt(m), u = t^2 (A - 2 h(k t)) and du/dt = 2 t phi(t) where
+phi(t) = A - 2 h(k t) - k t h'(k t) has phi'(t) = -3 k h'(k t) - k^2 t h''(k t) <= 0. So du/dt
+changes sign at most once (from + to -): u rises then falls in t, hence in m, and its maximisers
+form one interval. (The authors' code binary-searches du/dm on the same assumption.)
+
+`optimal_batch_size` (NumPy, the reference) scans every integer 1..max_batch_size, vectorised;
+`tf_optimal_batch_size` (in the train step) uses the unimodality: three or four stages of 64
+evaluations narrow the bracket to the exact integer maximiser (~0.1 ms in a graph, independent
+of the cap). The two agree to the last bit of u (tested against a brute-force scan).
 
 `expected_next_state` / `optimal_batch_size` work on NumPy values and validate their inputs;
 `tf_expected_decrease` / `tf_optimal_batch_size` are the same formulas in float64 TensorFlow ops
@@ -129,8 +136,13 @@ def optimal_batch_size(s, loss_floor, mu, sigma, learning_rate, max_batch_size) 
         raise ValueError(
             f"`max_batch_size` must be an integer >= 1. Received: max_batch_size={max_batch_size!r}"
         )
-    for name, value in (("s", s), ("loss_floor", loss_floor), ("mu", mu), ("sigma", sigma),
-                        ("learning_rate", learning_rate)):
+    for name, value in (
+        ("s", s),
+        ("loss_floor", loss_floor),
+        ("mu", mu),
+        ("sigma", sigma),
+        ("learning_rate", learning_rate),
+    ):
         if np.ndim(value) != 0:
             raise ValueError(f"`{name}` must be a scalar. Received: {name}={value!r}")
     m = np.arange(1, int(max_batch_size) + 1, dtype=np.float64)
@@ -169,20 +181,44 @@ def tf_expected_decrease(s, loss_floor, mu, sigma, m, learning_rate):
 
 def tf_expected_next_state(s, loss_floor, mu, sigma, m, learning_rate):
     """Eq. 7 in float64 TF ops."""
-    return f64(s) - tf_expected_decrease(s, loss_floor, mu, sigma, m,
-                                                         learning_rate)
+    return f64(s) - tf_expected_decrease(s, loss_floor, mu, sigma, m, learning_rate)
+
+
+_GRID = 64  # points per refinement stage of tf_optimal_batch_size
+
+
+def _refinement_stages(cap: int) -> int:
+    """Stages until the bracket [lo, hi] holds at most _GRID integers (static)."""
+    width, stages = cap, 1
+    while width > _GRID:
+        width = math.ceil(2 * (width - 1) / (_GRID - 1)) + 1
+        stages += 1
+    return stages
 
 
 def tf_optimal_batch_size(s, loss_floor, mu, sigma, learning_rate, max_batch_size: int):
     """Eq. 9 in TF ops: int64 scalar m* in [1, max_batch_size] (static Python int cap).
 
-    Non-finite inputs give m* = max_batch_size (callers check finiteness before trusting it).
+    u is unimodal in m (module docstring), so instead of scanning every m this evaluates 64
+    evenly spaced m in a bracket, keeps [left neighbour, right neighbour] of the first best
+    point (which holds the smallest maximiser) and repeats until the bracket has <= 64
+    integers: ~3 stages of 64 evaluations for a cap of 4096, 4 for 65536. Non-finite inputs
+    give m* = max_batch_size (callers check finiteness before trusting it).
     """
     cap = int(max_batch_size)
-    m_int = tf.range(1, cap + 1, dtype=tf.int64)
-    m = tf.cast(m_int, tf.float64)
-    u = tf_expected_decrease(s, loss_floor, mu, sigma, m, learning_rate) / m
-    u = tf.where(tf.math.is_nan(u), tf.constant(-np.inf, tf.float64), u)
-    best = tf.reduce_min(tf.where(u >= tf.reduce_max(u), m_int, cap))  # smallest argmax
+    lo = tf.constant(1, tf.int64)
+    hi = tf.constant(cap, tf.int64)
+    steps = tf.range(_GRID, dtype=tf.float64) / (_GRID - 1)
+    best = hi
+    for _ in range(_refinement_stages(cap)):
+        grid = lo + tf.cast(tf.round(steps * tf.cast(hi - lo, tf.float64)), tf.int64)
+        m = tf.cast(grid, tf.float64)
+        u = tf_expected_decrease(s, loss_floor, mu, sigma, m, learning_rate) / m
+        u = tf.where(tf.math.is_nan(u), tf.constant(-np.inf, tf.float64), u)
+        index = tf.range(_GRID, dtype=tf.int32)
+        first = tf.reduce_min(tf.where(u >= tf.reduce_max(u), index, _GRID - 1))
+        best = tf.gather(grid, first)
+        lo = tf.gather(grid, tf.maximum(first - 1, 0))
+        hi = tf.gather(grid, tf.minimum(first + 1, _GRID - 1))
     all_bad = tf.reduce_all(tf.math.is_inf(u) & (u < 0))
     return tf.where(all_bad, tf.constant(cap, tf.int64), best)

@@ -35,7 +35,12 @@ def integrated_next_state(s, floor, mu, sigma, m, lr):
     pts = [kink] if lo < kink < hi else None
     val, _ = integrate.quad(
         lambda x: abs(s - floor - lr * x) * stats.norm.pdf(x, mu, sd),
-        lo, hi, points=pts, limit=400, epsabs=1e-13, epsrel=1e-11,
+        lo,
+        hi,
+        points=pts,
+        limit=400,
+        epsabs=1e-13,
+        epsrel=1e-11,
     )
     return val + floor
 
@@ -44,8 +49,11 @@ def paper_form(s, floor, mu, sigma, m, lr):
     """Eq. 7 exactly as printed."""
     c = s - floor - lr * mu
     a = c * math.sqrt(m) / (lr * sigma)
-    return (c * (stats.norm.cdf(a) - stats.norm.cdf(-a))
-            + lr * sigma * math.sqrt(2 / (m * math.pi)) * math.exp(-a * a / 2) + floor)
+    return (
+        c * (stats.norm.cdf(a) - stats.norm.cdf(-a))
+        + lr * sigma * math.sqrt(2 / (m * math.pi)) * math.exp(-a * a / 2)
+        + floor
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -104,8 +112,11 @@ def brute_force(s, floor, mu, sigma, lr, cap):
         u = (s - floor - abs(c)) / m
     else:
         a = c * np.sqrt(m) / (lr * sigma)
-        e = (c * (special.ndtr(a) - special.ndtr(-a))
-             + lr * sigma * np.sqrt(2 / (m * np.pi)) * np.exp(-a * a / 2) + floor)
+        e = (
+            c * (special.ndtr(a) - special.ndtr(-a))
+            + lr * sigma * np.sqrt(2 / (m * np.pi)) * np.exp(-a * a / 2)
+            + floor
+        )
         u = (s - e) / m
     return int(np.argmax(u)) + 1
 
@@ -129,6 +140,22 @@ def test_optimal_batch_size_equals_brute_force(seed):
         u_want = utility(*args[:4], want, lr)
         assert utility(*args[:4], got, lr) == pytest.approx(u_want, rel=1e-12, abs=1e-300), args
         assert utility(*args[:4], tf_got, lr) == pytest.approx(u_want, rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 63, 64, 65, 129, 1000, 65_536])
+def test_tf_staged_search_is_exact_for_any_cap(cap):
+    rng = np.random.default_rng(cap)
+    for _ in range(12):
+        s = float(rng.uniform(0.001, 1.0))
+        mu = float(rng.lognormal(0.0, 1.0))
+        sigma = float(rng.lognormal(3.0, 2.0))
+        args = (s, 0.0, mu, sigma)
+        want = brute_force(*args, 0.01, cap)
+        got = int(tf_optimal_batch_size(*args, 0.01, cap))
+        assert 1 <= got <= cap
+        assert utility(*args, got, 0.01) == pytest.approx(
+            utility(*args, want, 0.01), rel=1e-12, abs=1e-300
+        )
 
 
 def test_batch_grows_as_loss_approaches_floor():
