@@ -1,0 +1,112 @@
+"""What exact resume costs: checkpoint save/restore time and the divergence checks, per model,
+next to one training update of the same model.
+
+Run (from the repository root):
+
+    .venv/bin/python bench/checkpoint_overhead.py
+    .venv/bin/python bench/checkpoint_overhead.py --models cnn_fashion --repeats 20
+
+For each model (real Fashion-MNIST shapes, momentum SGD, global batch 128, one replica) the
+framework's `RunKeeper` is built as the loop builds it (model, optimizer slots, Progress,
+RunningMetrics, dropout RNG, RunState) and the script times, as medians over `--repeats`:
+one `train_step` update; one checkpoint save (`CheckpointManager.save`, atomic, into a temporary
+directory on the same disk as /tmp); one restore; the finite-weights check run before every save;
+the loss check run every `log_every_steps` updates (a host read of two variables).
+
+Printed per model: parameters, checkpoint size, and the times in ms, plus the save time in
+"updates' worth", i.e. what `train.checkpoint_every_steps = N` costs: save / (N x update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
+from keras_largebatch.models import build_model  # noqa: E402
+from keras_largebatch.training.checkpointing import RunKeeper  # noqa: E402
+from keras_largebatch.training.divergence import DivergenceGuard  # noqa: E402
+from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
+from keras_largebatch.training.optimizer_factory import create_optimizer  # noqa: E402
+from keras_largebatch.training.progress import Progress  # noqa: E402
+from keras_largebatch.training.step import TrainStep  # noqa: E402
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def bench(model_name: str, repeats: int, batch: int) -> dict:
+    source = fashion_mnist()
+    strategy = tf.distribute.MirroredStrategy([tf.config.list_logical_devices("CPU")[0].name])
+    progress, guard = Progress(), DivergenceGuard()
+    with strategy.scope():
+        net = build_model(model_name, input_shape=source.input_shape,
+                          num_classes=source.num_classes)
+        opt = create_optimizer("momentum", learning_rate=0.01)
+        opt.build(net.trainable_variables)
+        metrics = RunningMetrics()
+    step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
+                     metrics=metrics)
+    x, y = source.train_arrays
+    images = (x[:batch].astype(np.float32) / 255.0 - source.mean) / source.std
+    data = tf.data.Dataset.from_tensors((images, y[:batch])).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(data))
+    progress.begin_epoch(0, 10**6)
+    run_dir = tempfile.mkdtemp(prefix="ckpt_bench-")
+    try:
+        keeper = RunKeeper(run_dir=run_dir, model=net, optimizer=opt, progress=progress,
+                           metrics=metrics, guard=guard, strategy=strategy, chief=True,
+                           epochs=1, every_steps=0, log_every_steps=50, keep=2,
+                           overwrite=False, verbose=False)
+        step(iterator)  # trace
+        update = _median_ms(lambda: (step(iterator), float(metrics.count.numpy())), repeats)
+        counter = iter(range(1, 10**6))
+        save = _median_ms(lambda: keeper._save(next(counter)), repeats)
+        latest = keeper.manager.latest_checkpoint
+        size = sum(os.path.getsize(p) for p in tf.io.gfile.glob(latest + ".*"))
+        restore = _median_ms(lambda: keeper._restore_from(latest), repeats)
+        keeper._finite()  # trace
+        finite = _median_ms(keeper._finite, repeats)
+        loss_check = _median_ms(lambda: guard.check(metrics), repeats)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"model": model_name, "params": net.count_params(), "size_mb": size / 2**20,
+            "update": update, "save": save, "restore": restore, "finite": finite,
+            "loss_check": loss_check}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["cnn_fashion", "resnet20"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"TF {tf.__version__}, batch {args.batch}, median of {args.repeats}")
+    print(f"{'model':12s} {'params':>9s} {'ckpt MB':>8s} {'update':>8s} {'save':>8s} "
+          f"{'restore':>8s} {'finite':>8s} {'loss chk':>8s}  save/(1000 updates)")
+    for name in args.models:
+        r = bench(name, args.repeats, args.batch)
+        print(f"{r['model']:12s} {r['params']:9d} {r['size_mb']:8.2f} {r['update']:7.1f}ms "
+              f"{r['save']:7.1f}ms {r['restore']:7.1f}ms {r['finite']:7.2f}ms "
+              f"{r['loss_check']:7.3f}ms  {100 * r['save'] / (1000 * r['update']):.2f}%")
+
+
+if __name__ == "__main__":
+    main()
