@@ -8,7 +8,7 @@ Binding names, by what they configure:
     fashion_mnist.data_dir    data sources (fashion_mnist, mnist, cifar10, cifar100, imagenet2012)
     cnn_fashion.dropout       model builders, by registered model name
     SGD.momentum, LARS.*      optimizer classes, chosen by train.optimizer = 'sgd' | 'momentum' |
-                              'adam' | 'lars'
+    BAMomentum.*              'adam' | 'lars' | 'ba_momentum' | 'ba_sgd'
     make_augment.cutout_size  augmentation options; the policy is train.augment = 'cutout'
     LinearWarmup.*, AdaBatch.* schedules: train.learning_rate = @LinearWarmup(),
                               train.batch_schedule = @AdaBatch()
@@ -22,7 +22,7 @@ import keras
 from keras_largebatch import schedules
 from keras_largebatch.data import augment, sources
 from keras_largebatch.models import registry
-from keras_largebatch.optimizers import LARS
+from keras_largebatch.optimizers import LARS, BAMomentum
 from keras_largebatch.training import loop, optimizer_factory, strategy
 
 SCHEDULES = ("Constant", "LinearWarmup", "PolynomialDecay", "StepDecay", "BatchScaled",
@@ -61,6 +61,10 @@ def register_configurables() -> None:
     optimizer_factory.register_optimizer("momentum", momentum)
     optimizer_factory.register_optimizer(
         "lars", gin.external_configurable(LARS, module="keras_largebatch.optimizers"))
+    ba = gin.external_configurable(BAMomentum, module="keras_largebatch.optimizers")
+    optimizer_factory.register_optimizer("ba_momentum", ba)
+    optimizer_factory.register_optimizer(
+        "ba_sgd", lambda **kw: ba(**{**kw, "momentum": 0.0}))  # seed 002: rho = 0
 
     loop.make_augment = gin.external_configurable(augment.make_augment, name="make_augment")
     for name in SCHEDULES:

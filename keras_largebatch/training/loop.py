@@ -26,6 +26,7 @@ from keras_largebatch.data.augment import make_augment
 from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn, train_eval_dataset
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.models import build_model
+from keras_largebatch.optimizers.ba_momentum import BAMomentum
 from keras_largebatch.optimizers.lars_callback import find_lars
 from keras_largebatch.schedules import (
     BatchScaled,
@@ -35,6 +36,7 @@ from keras_largebatch.schedules import (
 )
 from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.accumulation import plan_micro_batches
+from keras_largebatch.training.ba_step import BAChunkStep
 from keras_largebatch.training.checkpointing import ROLLBACK, STOP, RunKeeper, check_every_steps
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.inputs import epoch_inputs, release_in_background
@@ -62,6 +64,24 @@ def resolve_learning_rate(learning_rate, batch_schedule: BatchSchedule, phases: 
     ):
         schedule = BatchScheduleMultiplier(schedule, batch_schedule)
     return schedule
+
+
+def _check_ba_settings(opt: BAMomentum, *, batch_size, batch_schedule, repeats,
+                       max_per_replica_batch, adapt_grad_norm_every) -> None:
+    """BA-Momentum feeds chunks of m0 = min_increment: other batch mechanisms do not apply."""
+    if batch_schedule is not None:
+        raise UserInputError("train.batch_schedule cannot be used with optimizer 'ba_momentum'"
+                             " (it chooses each batch itself); remove train.batch_schedule")
+    if batch_size != opt.min_increment:
+        raise UserInputError(f"train.batch_size = {batch_size} must equal "
+                             f"BAMomentum.min_increment = {opt.min_increment} (the chunk size "
+                             f"the batch grows by); set both to the same value")
+    for name, value, off in (("repeats", repeats, 1),
+                             ("max_per_replica_batch", max_per_replica_batch, None),
+                             ("adapt_grad_norm_every", adapt_grad_norm_every, None)):
+        if value != off:
+            raise UserInputError(f"train.{name} = {value!r} is not supported with optimizer "
+                                 f"'ba_momentum'; remove it")
 
 
 def _positive(name: str, value, kind=float) -> None:
@@ -168,6 +188,7 @@ def train(
     strategy = strategy or make_strategy()
     replicas = strategy.num_replicas_in_sync
     source = dataset if isinstance(dataset, DataSource) else get_source(dataset)
+    user_batch_schedule = batch_schedule
     if batch_schedule is None:
         batch_schedule = FixedBatch(batch_size)
     phases = batch_schedule.phases(epochs)
@@ -191,11 +212,20 @@ def train(
         metrics = RunningMetrics()
     if isinstance(augment, str):  # a policy name (data/augment.py); options are gin bindings
         augment = make_augment(augment, input_shape=source.input_shape, mean=source.mean)
-    step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
-                     metrics=metrics, repeats=repeats, jit_compile=jit_compile,
-                     max_per_replica_batch=max_per_replica_batch,
-                     gradient_norm=log_gradient_norm or bool(adapt_grad_norm_every),
-                     adapt_grad_norm_every=adapt_grad_norm_every)
+    if isinstance(opt, BAMomentum):  # seed 002: the optimizer picks each update's batch
+        _check_ba_settings(opt, batch_size=batch_size, batch_schedule=user_batch_schedule,
+                           repeats=repeats, max_per_replica_batch=max_per_replica_batch,
+                           adapt_grad_norm_every=adapt_grad_norm_every)
+        if opt.dataset_size is None:
+            opt.dataset_size = source.num_train
+        step = BAChunkStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
+                           metrics=metrics)
+    else:
+        step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
+                         metrics=metrics, repeats=repeats, jit_compile=jit_compile,
+                         max_per_replica_batch=max_per_replica_batch,
+                         gradient_norm=log_gradient_norm or bool(adapt_grad_norm_every),
+                         adapt_grad_norm_every=adapt_grad_norm_every)
     lars = find_lars(opt)
     evaluate = _evaluate_fn(net)
     test_data = eval_dataset(source, batch_size=eval_batch_size)
@@ -226,6 +256,8 @@ def train(
     if chief:
         rundir.prepare(run_dir, config_text, overwrite=overwrite)
     summaries = Summaries(run_dir, enabled=chief)
+    if isinstance(step, BAChunkStep):
+        step.summary_writer = summaries.writer  # per-update ba/* scalars, written in-graph
     keeper.start(summaries)
     if config_text:
         summaries.text("config", config_text)
@@ -249,6 +281,7 @@ def train(
             skip = skip_steps if epoch == start_epoch else 0
             if not skip:
                 metrics.reset()
+                step.reset_epoch()
             progress.begin_epoch(epoch, steps, skip)
 
             def epoch_input(skip, phase=phase, epoch=epoch):
@@ -304,6 +337,7 @@ def train(
                 "effective_batch_size": phase.batch_size * repeats,
                 "repeats": repeats,
                 "gradient_norm": metrics.gradient_norm(),
+                **step.epoch_scalars(),
                 **({"full_train_loss": full_train["loss"],
                     "full_train_accuracy": full_train["accuracy"]} if full_train else {}),
                 "samples_per_second": (steps - skip) * phase.batch_size / epoch_time,
@@ -321,6 +355,7 @@ def train(
                     "train_full/accuracy": full_train["accuracy"]} if full_train else {}),
                 **({"train/gradient_norm": record["gradient_norm"]}
                    if record["gradient_norm"] is not None else {}),
+                **step.epoch_scalars(),
                 **({"grad_scale": float(step.grad_scale.numpy())}
                    if adapt_grad_norm_every else {}),
             }, step=epoch + 1)

@@ -74,6 +74,12 @@ class TrainStep:
                           if jit_compile else self._loss_and_grads)
         self._step = tf.function(self._distributed_step)
 
+    def reset_epoch(self) -> None:
+        """Per-epoch statistics of the step itself (none here; see ba_step.py)."""
+
+    def epoch_scalars(self) -> dict[str, float]:
+        return {}
+
     def __call__(self, iterator) -> None:
         if self.adapt_grad_norm_every and self.repeats > 1:
             if self._host_updates is None:

@@ -5,6 +5,8 @@ per epoch (x-axis = epoch):  train/loss, train/accuracy, test/loss, test/accurac
 per logged step (x-axis = samples seen): step/loss, step/learning_rate, step/batch_size
 text: config (the gin config), events (phase switches, divergence)
 LARS runs, per epoch: lars/trust_ratio/<variable> (a histogram when there are many)
+BA-Momentum runs, per update (x = update): ba/batch_size, ba/m_star, ba/mu, ba/sigma, ba/s;
+per epoch: ba/updates_per_epoch, ba/mean_batch_size
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ class Summaries:
             tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
             if enabled else tf.summary.create_noop_writer()
         )
+
+    @property
+    def writer(self):
+        """The underlying `tf.summary` writer (for in-graph summaries, e.g. ba_step.py)."""
+        return self._writer
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         with self._writer.as_default(step=int(step)):
