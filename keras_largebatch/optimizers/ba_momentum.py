@@ -18,15 +18,34 @@ comment marker, and the paper reuses m for both the velocity and the batch size)
       return theta
 
 mu_p_{t-1} stays fixed while Y_t grows; mu_p_t with the final f is stored at the update. With
-a constant eta, v = eta * mu_p; both are kept so learning-rate schedules stay faithful. We also
+a constant eta, v = eta * mu_p; both are kept so learning-rate schedules stay faithful. The state
+s_t is the mean loss over Y_t (the moving step is Delta s = -Delta F / eta, Eqs. 5-6). We also
 cap |Y_t| at `max_batch_size` (the authors' code does the same). rho = 0 is BA-SGD.
+
+Two decisions the paper leaves open:
+
+- mu_t <= 0 (possible only with momentum: the step rho v + eta f points uphill). Then
+  s - E_m[s'] < 0 for every m, and Eq. 9 picks the largest m only because a loss increase
+  divided by m looks smaller per sample; no batch size makes the step descend. We set m* = 1
+  (update at once). For mu_t > 0 Eq. 9 is followed literally, including c < 0 (batch loss at
+  or below S* + eta mu), where growing the batch is what makes s_t trustworthy. Without this
+  rule the noiseless least-squares test problem spends up to max_batch_size samples on updates
+  during momentum overshoot. (The authors' code sets m* = 1 whenever a(m=1) > 5, which covers
+  the same case when the noise is small.)
+- With one example (|Y_t| = 1) Sigma_t is undefined: m* is raised to 2.
+
+The authors' code divides f^T Sigma f by |Y_t| before Eq. 7 divides by m again; we follow the
+paper (Eq. 7 with sigma^2 = f^T Sigma_t f).
 
 Protocol (all graph-friendly; call inside `tf.function` and, with a strategy, `strategy.run`):
 
     stats = opt.compute_chunk_statistics(model, loss_fn, x, y)  # this replica's chunk part
     opt.accumulate(stats)      # all-reduces the chunk sums once, grows Y_t, recomputes m*
-    if opt.should_update():    # bool tensor: |Y_t| >= min(m*, max_batch_size, dataset_size)
-        opt.apply_accumulated()    # v, theta, mu_p; resets the accumulators
+    ready = opt.should_update()    # |Y_t| >= min(m*, max_batch_size, dataset_size)
+    opt.apply_accumulated(ready)   # where ready: v, theta, mu_p; reset the accumulators
+
+Pass the condition instead of wrapping the call in `tf.cond`: under MirroredStrategy the
+variable updates go through `merge_call`, which TensorFlow forbids inside `tf.cond`.
 
 `keras_largebatch.optimizers.ba_model.ba_chunk_step` wraps exactly this; `BAModel` gives
 `model.fit` users the same behaviour.
@@ -50,20 +69,26 @@ Per-example statistics (`covariance=`):
 - "full" (exact): as "diagonal" but accumulates sum_j g_j g_j^T (D x D, D = number of trainable
   parameters, limited to FULL_COVARIANCE_MAX_PARAMS) and uses f^T Sigma f.
 
-Measured on the seed-002 CNN (see BUILD_NOTES.md), f^T Sigma f is 500-1000x larger than its
-diagonal approximation, so "diagonal" and "full"/"projection" choose very different batch
-sizes there; "projection" matches "full".
+Measured on the seed-002 CNN on Fashion-MNIST (chunks of 32), sqrt(f^T Sigma f) is 22x its
+diagonal approximation at initialisation and 30-47x after 400-2000 momentum-SGD steps, so
+"diagonal" and "full"/"projection" can choose very different batch sizes there. "projection"
+is within 1% of the exact f^T Sigma f on first chunks there, and its decisions match
+"full" (test_ba_momentum.py).
 
 State (velocity, mu_p, accumulated sums, loss sum, example count, last m*, mu, sigma, s, size of
 the last update) lives in optimizer variables, so a `tf.train.Checkpoint` of the optimizer
 resumes the same trajectory, including a half-grown batch.
 
-Limits: exact modes share one dropout mask across the examples of a chunk (vectorized_map hoists
-the seed) and see each example alone (batch-coupled layers such as BatchNorm behave as with a
-batch of 1); "projection" relies on all randomness of the model flowing through Keras
-SeedGenerators (true for Keras layers). Weight regularisers are added to every example's loss;
-activity regularisers / `add_loss` terms are ignored. Sample weights and mixed precision loss
-scaling are not supported.
+Dropout: "projection" repeats the main pass's masks in its perturbed pass; the exact modes give
+every example its own masks (seeds offset by the example's index). Both rely on the model's
+randomness flowing through Keras SeedGenerators (true for Keras layers).
+
+Limits: the exact modes see each example alone, so batch-coupled layers (BatchNorm) behave as
+with a batch of 1 and their moving statistics are not updated; use "projection" for them.
+Weight regularisers are added to every example's loss; activity regularisers / `add_loss`
+terms are ignored. Sample weights and mixed precision loss scaling are not supported. Keras
+does not put dropout seed states in a model's `tf.train.Checkpoint`: checkpoint them apart
+(`model.non_trainable_variables`) for a bit-identical resume of a model with dropout.
 """
 
 from __future__ import annotations
@@ -81,6 +106,7 @@ from keras_largebatch.optimizers.ba_math import tf_optimal_batch_size
 
 COVARIANCE_MODES = ("projection", "diagonal", "full")
 FULL_COVARIANCE_MAX_PARAMS = 4096
+_SEED_STRIDE = 1_000_003  # per-example offset of dropout seeds in the exact modes
 _UNSUPPORTED_BASE_ARGS = (
     "gradient_accumulation_steps",
     "use_ema",
@@ -209,19 +235,31 @@ def compute_chunk_statistics(
             loss_sum=loss_sum, count=n_f, grad_sum=grads, project=project, y_pred=y_pred
         )
 
-    # Exact per-example gradients, vectorised over the examples of the chunk.
+    # Exact per-example gradients, vectorised over the examples of the chunk. Each example
+    # gets its own dropout masks: its seeds are offset by its index (vectorized_map would
+    # otherwise hoist the seed and give every example the same mask); the real seed states
+    # then advance once, as after one batched call.
+    seeds = [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]
+
     def one_example(example):
-        xi, yi = example
+        xi, yi, j = example
         xi = tf.nest.map_structure(lambda t: t[None], xi)
         yi = tf.nest.map_structure(lambda t: t[None], yi)
-        with tf.GradientTape() as tape:
-            pred = model(xi, training=True)
-            loss = tf.reshape(_per_example(loss_fn, yi, pred, 1), [])
-        g = tape.gradient(loss, variables)
+        mapping = [
+            (v, v.value + tf.cast(tf.stack([j * _SEED_STRIDE, 0]), v.dtype)) for v in seeds
+        ]
+        with keras.StatelessScope(state_mapping=mapping):
+            with tf.GradientTape() as tape:
+                pred = model(xi, training=True)
+                loss = tf.reshape(_per_example(loss_fn, yi, pred, 1), [])
+            g = tape.gradient(loss, variables)
         g = [tf.zeros_like(v) if gi is None else gi for gi, v in zip(g, variables)]
         return loss, g, tf.nest.map_structure(lambda t: t[0], pred)
 
-    losses, per_ex_grads, y_pred = tf.vectorized_map(one_example, (x, y))
+    index = tf.range(n, dtype=tf.int64)
+    losses, per_ex_grads, y_pred = tf.vectorized_map(one_example, (x, y, index))
+    for v in seeds:
+        v.assign(v.value + tf.constant([0, 1], v.dtype))
     loss_sum = tf.reduce_sum(losses)
     if reg is not None:
         per_ex_grads = [g + r[None] for g, r in zip(per_ex_grads, reg_grads)]

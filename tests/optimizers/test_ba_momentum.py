@@ -20,11 +20,11 @@ from keras_largebatch.optimizers.ba_momentum import BAMomentum
 SQUARED = lambda y, p: 0.5 * tf.reduce_sum(tf.square(y - p), axis=-1)  # noqa: E731
 
 
-def least_squares(noise, n=2048, d=8, seed=0):
+def least_squares(noise, n=2048, d=8, seed=0, w_scale=1.0):
     """X ~ N(0, I), y = X w + noise; returns X, Y and the optimal training loss (the floor)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d)).astype("float32")
-    w = rng.normal(size=(d, 1)).astype("float32")
+    w = (w_scale * rng.normal(size=(d, 1))).astype("float32")
     y = (x @ w + noise * rng.normal(size=(n, 1))).astype("float32")
     a = np.c_[x, np.ones(n)]
     sol = np.linalg.lstsq(a, y, rcond=None)[0]
@@ -160,11 +160,12 @@ def test_exact_statistics_match_gradients_one_example_at_a_time():
     }
     for opt in opts.values():
         opt.build(model.trainable_variables)
+    all_g, all_losses = reference_gradients(model, loss_fn, x, y)  # no update happens below
     for k in range(3):  # three chunks of 8: Y_t grows, no update in between
         xs, ys = x[8 * k : 8 * k + 8], y[8 * k : 8 * k + 8]
         for opt in opts.values():
             opt.accumulate(opt.compute_chunk_statistics(model, loss_fn, xs, ys))
-        g, losses = reference_gradients(model, loss_fn, x[: 8 * k + 8], y[: 8 * k + 8])
+        g, losses = all_g[: 8 * k + 8], all_losses[: 8 * k + 8]
         f = g.mean(axis=0)
         cov = (g - f).T @ (g - f) / (len(g) - 1)  # Eq. 4
         want_diag = np.sqrt(np.sum(f**2 * np.diag(cov)))
@@ -206,20 +207,44 @@ def test_projection_repeats_dropout_masks():
     assert sigmas[1] == pytest.approx(sigmas[0], rel=0.02)
 
 
+def test_exact_mode_gives_each_example_its_own_dropout_mask():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(1),
+        ]
+    )
+    x = np.repeat(np.random.default_rng(4).normal(size=(1, 6)), 8, axis=0).astype("float32")
+    y = np.ones((8, 1), "float32")
+    seeds = [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]
+    before = seeds[0].numpy().copy()
+    opt = BAMomentum(covariance="diagonal", min_increment=8)
+    opt.build(model.trainable_variables)
+    opt.accumulate(opt.compute_chunk_statistics(model, SQUARED, x, y))
+    # eight copies of one example differ only through their masks
+    assert float(opt.statistics()["sigma"]) > 0
+    np.testing.assert_array_equal(seeds[0].numpy(), before + [0, 1])  # one draw per chunk
+
+
 # -- decisions ------------------------------------------------------------------------------
 
 
 def test_label_noise_grows_the_batch():
-    x, y, floor = least_squares(noise=3.0)
+    # The loss starts far above the noise floor (|w| ~ 3 per input), so early steps are
+    # signal-dominated; near the floor the label noise dominates and the batch grows.
+    x, y, floor = least_squares(noise=3.0, w_scale=3.0)
     model = linear_model(8)
     opt = BAMomentum(
-        learning_rate=0.01, momentum=0.9, min_increment=32, max_batch_size=1024, loss_floor=floor
+        learning_rate=0.005, momentum=0.9, min_increment=32, max_batch_size=1024, loss_floor=floor
     )
     opt.build(model.trainable_variables)
-    sizes = run_epochs(chunk_runner(model, opt, SQUARED), x, y, 32, epochs=6)
+    sizes = run_epochs(chunk_runner(model, opt, SQUARED), x, y, 32, epochs=3)
     fifth = len(sizes) // 5
-    assert sizes[-fifth:].mean() > sizes[:fifth].mean()
-    assert sizes.max() > 32
+    assert sizes[:fifth].mean() < 40
+    assert sizes[-fifth:].mean() > 1.5 * sizes[:fifth].mean()
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -345,7 +370,7 @@ def test_fast_estimator_decisions_match_exact_mode():
 
     rng = np.random.default_rng(0)
     same, ratios, sizes = [], [], []
-    for _ in range(5):
+    for _ in range(4):
         perm = rng.permutation(n)
         for i in range(0, n, 32):
             out, decision, sigma = step(x[perm[i : i + 32]], y[perm[i : i + 32]])
@@ -472,15 +497,17 @@ def fashion_images(n):
 
 
 def test_bamodel_fit_on_real_fashion_mnist():
-    x, y = fashion_images(384)
+    x, y = fashion_images(256)
     keras.utils.set_random_seed(0)
-    model = BAModel(build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10))
+    model = BAModel(
+        build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10, filters=(16, 32))
+    )
     model.compile(
         optimizer=BAMomentum(learning_rate=0.01, momentum=0.9, min_increment=32, dataset_size=384),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
     logs = history.history
     for key in (
         "loss",
@@ -492,13 +519,12 @@ def test_bamodel_fit_on_real_fashion_mnist():
         "sigma",
         "s",
     ):
-        assert len(logs[key]) == 3, key
+        assert len(logs[key]) == 2, key
     assert logs["loss"][-1] < logs["loss"][0]
-    assert all(1 <= u <= 12 for u in logs["updates"])  # 12 chunks per epoch
+    assert all(1 <= u <= 8 for u in logs["updates"])  # 8 chunks per epoch
     assert all(b >= 32 for b in logs["batch_size_per_update"])
     assert np.isfinite(logs["sigma"]).all()
     assert model.evaluate(x[:64], y[:64], verbose=0)[0] > 0
-    assert model.predict(x[:8], verbose=0).shape == (8, 10)
     config = model.get_config()
     rebuilt = BAModel.from_config(config)
     assert len(rebuilt.model.layers) == len(model.model.layers)
