@@ -11,20 +11,23 @@ optimizer (iterations and slots: momentum, LARS, BA accumulators), `Progress` (e
 epoch, samples seen: the input position, since each epoch's order is a seeded permutation the
 pipeline can re-enter at any step), `RunningMetrics` (the epoch's partial loss/accuracy sums), the
 model's Keras RNG state (the `SeedGenerator` variables of Dropout & co.: `model.variables` has them
-but a Keras model does not put them in its checkpoint), the LR multiplier of
-`on_divergence='restore'`, and `RunState` (JSON: per-epoch history, the LR of the epoch in progress,
-the number of roll-backs). With `train.deterministic = True` a resumed run is bitwise identical
-to an uninterrupted one on CPU (tests/training/test_resume_cli.py).
+but a Keras model does not put them in its checkpoint), the train step's own variables
+(`TrainStep.grad_scale`, `BAChunkStep`'s per-epoch sums), the LR multiplier of
+`on_divergence='restore'`, and `RunState` (JSON: per-epoch history, the LR of the epoch in
+progress, the number of roll-backs, the global step count). With `train.deterministic = True` a
+resumed run is bitwise identical to an uninterrupted one on CPU (tests/training/test_resume_cli.py).
 
-When: every `every_steps` global updates (never at an epoch's last update) and at every epoch's
-end; numbered by the global update count (ckpt-<updates>). Also at the step boundary after a
-SIGTERM/SIGINT (interrupt.py). Never with non-finite values (divergence.py checks first).
+When: every `every_steps` global steps (never at an epoch's last step) and at every epoch's end;
+numbered by the global step count (ckpt-<steps>). A global step is one optimizer update, or for
+BA-Momentum one chunk of `min_increment` examples (the optimizer then decides when to update).
+Also at the step boundary after a SIGTERM/SIGINT (interrupt.py). Never with non-finite values
+(divergence.py checks first).
 
 Atomic (TF 2.21 `CheckpointManager.save`, functional_saver.py / checkpoint_management.py): the data
 is written into `ckpt-N_temp/`, renamed to `ckpt-N.data-*`, then `ckpt-N.index` is written; only
 then does the manager rewrite the `checkpoint` state file (temporary file + rename) to name
 ckpt-N, and only after that delete checkpoints beyond `max_to_keep`. A kill at any moment leaves
-the state file naming a complete checkpoint. Numbers are update counts and the loop never saves
+the state file naming a complete checkpoint. Numbers are step counts and the loop never saves
 one count twice, so a save never overwrites the checkpoint the state file names (a half-written
 ckpt-N of a killed process is overwritten when the resumed run reaches update N again). There is
 no fsync: this protects against killed processes, not against power loss.
@@ -75,16 +78,18 @@ class RunState(tf.train.experimental.PythonState):
         self.history: list[dict] = []
         self.epoch_lr: float | None = None
         self.restores = 0
+        self.updates = 0  # the loop's global step count (updates; BA-Momentum: chunks)
 
     def serialize(self) -> str:
         return json.dumps({"history": self.history, "epoch_lr": self.epoch_lr,
-                           "restores": self.restores})
+                           "restores": self.restores, "updates": self.updates})
 
     def deserialize(self, string_value) -> None:
         data = json.loads(string_value)
         self.history[:] = data["history"]  # in place: the loop holds this list
         self.epoch_lr = data["epoch_lr"]
         self.restores = int(data["restores"])
+        self.updates = int(data["updates"])
 
 
 class ModelRNG(tf.Module):
@@ -94,6 +99,16 @@ class ModelRNG(tf.Module):
         super().__init__(name="model_rng")
         weights = {id(w) for w in model.weights}
         self.states = [v for v in model.variables if id(v) not in weights]
+
+
+class StepState(tf.Module):
+    """The train step's own variables (e.g. TrainStep.grad_scale, BAChunkStep's epoch sums)."""
+
+    def __init__(self, step, exclude=()):
+        super().__init__(name="step_state")
+        skip = {id(v) for v in exclude}
+        self.states = [v for v in vars(step).values()
+                       if isinstance(v, tf.Variable) and id(v) not in skip]
 
 
 def check_every_steps(every_steps) -> None:
@@ -114,6 +129,7 @@ class RunKeeper:
 
     def __init__(self, *, run_dir: str, model: keras.Model, optimizer, progress, metrics,
                  guard: DivergenceGuard, strategy: tf.distribute.Strategy, chief: bool,
+                 step=None,
                  epochs: int, every_steps: int | None, log_every_steps: int, keep: int,
                  overwrite: bool, verbose: bool, extra_state: dict | None = None):
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
@@ -129,6 +145,8 @@ class RunKeeper:
         if guard.lr_multiplier is not None:
             parts["lr_multiplier"] = guard.lr_multiplier
         parts.update(extra_state or {})  # e.g. the step's grad_scale (seed 003 adaptation)
+        if step is not None:  # its other variables (BAChunkStep's epoch sums, ...)
+            parts["step"] = StepState(step, exclude=(extra_state or {}).values())
         self.checkpoint = tf.train.Checkpoint(**parts)
         self.directory = os.path.join(run_dir, CHECKPOINT_DIR)
         self._private_dir = None if chief else tempfile.mkdtemp(prefix="keras_largebatch-worker-")
@@ -139,6 +157,7 @@ class RunKeeper:
         self.status = "completed"
         self.divergence: dict | None = None
         self.interrupted_by: str | None = None
+        self.updates = 0  # global step to continue from (restored)
         self.resume_update = self.resume_step = 0
         self.weights_sha256: str | None = None
         self._last_saved: int | None = None
@@ -166,7 +185,7 @@ class RunKeeper:
         step = int(self.progress.step_in_epoch.numpy())
         if step >= int(self.progress.steps_per_epoch.numpy()):
             epoch, step = epoch + 1, 0
-        updates = int(self.optimizer.iterations.numpy())
+        updates = self.updates = self.state.updates
         self._check_workers_agree(updates)
         self._last_saved = updates
         if self.verbose:
@@ -178,7 +197,7 @@ class RunKeeper:
         """After the run dir exists: in restore mode, save a checkpoint to roll back to."""
         self.summaries = summaries
         if self.guard.mode == "restore" and self._last_saved is None:
-            self._save(int(self.optimizer.iterations.numpy()))
+            self._save(0)
 
     def _restore_from(self, path: str) -> None:
         try:
@@ -251,6 +270,7 @@ class RunKeeper:
         options = None
         if self._kill_in_save and updates == self._kill_in_save:
             options = tf.train.CheckpointOptions(experimental_write_callbacks=[_truncate_and_kill])
+        self.state.updates = updates
         self.manager.save(checkpoint_number=updates, options=options)
         self._last_saved = updates
         if self.chief:
@@ -276,7 +296,7 @@ class RunKeeper:
             if int(self.progress.epoch_index.numpy()) != epoch:  # see the invariant above
                 raise RuntimeError(f"{latest} is not in epoch {epoch + 1}; cannot roll back")
             self.resume_step = int(self.progress.step_in_epoch.numpy())
-            self.resume_update = int(self.optimizer.iterations.numpy())
+            self.resume_update = self.state.updates
             self.progress.begin_epoch(epoch, steps, self.resume_step)
             if self.resume_step == 0:
                 self.metrics.reset()

@@ -71,6 +71,7 @@ def graceful_signals(enabled: bool = True):
     try:
         yield
     finally:
+        _requested = None  # honoured by now; a later train() in this process starts clean
         for s in signums:
             signal.signal(s, previous[s])
 

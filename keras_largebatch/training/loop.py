@@ -243,7 +243,7 @@ def train(
     chief = is_chief()
     rundir.check_compatible(run_dir, config_text, overwrite=overwrite)
     keeper = RunKeeper(run_dir=run_dir, model=net, optimizer=opt, progress=progress,
-                       metrics=metrics, guard=guard, strategy=strategy, chief=chief,
+                       metrics=metrics, guard=guard, strategy=strategy, chief=chief, step=step,
                        epochs=epochs, every_steps=checkpoint_every_steps,
                        log_every_steps=log_every_steps, keep=checkpoints_to_keep,
                        overwrite=overwrite, verbose=verbose,
@@ -266,7 +266,7 @@ def train(
 
     # ---- Train ------------------------------------------------------------------------------
     wall_start = time.perf_counter()
-    updates = int(opt.iterations.numpy())  # host-side mirror of the update counter
+    updates = keeper.updates  # global steps done (updates; BA-Momentum: chunks), restored
     for phase_index, phase in enumerate(phases):
         if phase.end_epoch <= start_epoch:
             continue

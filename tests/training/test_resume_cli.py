@@ -20,6 +20,7 @@ from ..cli import TINY, run_cli
 B = "--gin_bindings="
 # 12000 examples, AdaBatch 256 -> 512 -> 1024: 46 + 23 + 11 = 80 updates over 3 epochs.
 CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 12000", B + "train.epochs = 3",
+          B + "fashion_mnist.max_test_examples = 2000",
           B + "train.batch_schedule = @AdaBatch()", B + "AdaBatch.initial_batch_size = 256",
           B + "AdaBatch.interval_epochs = 1", B + "AdaBatch.lr_decay = 0.5",
           B + "cnn_fashion.dropout = 0.25",        # the dropout RNG must resume too
@@ -40,8 +41,8 @@ CHAIN_ONE_REPLICA = [
 ]
 CHAIN_TWO_REPLICAS = [
     ({"KERAS_LARGEBATCH_TEST_KILL_IN_SAVE": "50"}, -9, "", "ckpt-46"),  # during a save
-    ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "47"}, -9, "", "ckpt-46"),  # after the phase switch
-    ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "75"}, -9, "", "ckpt-70"),  # 3rd phase
+    # Resumes at the phase switch (epoch 2, step 0, batch 512), rewrites the half-written ckpt-50.
+    ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "75"}, -9, "at epoch 2, step 0", "ckpt-70"),
     ({}, 0, "at epoch 3, step 1", "ckpt-80"),
 ]
 
@@ -55,7 +56,9 @@ def _run_chain(run_dir: Path, extra: list[str], chain: list) -> list:
     log = []
     for env, code, text, latest in chain:
         proc = run_cli(*CONFIG, *extra, f"--run_dir={run_dir}", env=env)
-        log.append((proc, code, text, latest, _latest(run_dir)))
+        results = run_dir / "results.json"
+        status = json.loads(results.read_text())["status"] if results.exists() else None
+        log.append((proc, code, text, latest, _latest(run_dir), status))
         if proc.returncode != code:
             break
     return log
@@ -101,7 +104,7 @@ def test_killed_and_restarted_run_is_bitwise_identical(runs, chain, ref):
     tmp, out = runs
     ref_proc = out["refs"][0 if ref == "ref1" else 1]
     assert ref_proc.returncode == 0, ref_proc.stderr[-2000:]
-    for proc, code, text, latest, found in out[chain]:
+    for proc, code, text, latest, found, _ in out[chain]:
         assert proc.returncode == code, (code, proc.stdout[-1500:], proc.stderr[-2500:])
         assert text in proc.stdout + proc.stderr, (text, proc.stderr[-1500:])
         assert found == latest
@@ -117,8 +120,9 @@ def test_killed_and_restarted_run_is_bitwise_identical(runs, chain, ref):
 
 def test_interrupted_run_reports_status_and_how_to_resume(runs):
     tmp, out = runs
-    sigterm = out["chain1"][1][0]
+    sigterm, *_, status = out["chain1"][1]
     assert "rerun the same command to resume" in sigterm.stderr
+    assert status == "interrupted"
     assert (tmp / "chain1" / "model.keras").exists()  # the completed run exported its model
 
 
