@@ -27,23 +27,24 @@ Documented edge cases (all follow from the formula, none is special-cased by han
 - sigma = 0 (no gradient noise): s' is deterministic, E_m[s'] = S* + |c| for every m and
   u(m) = (eta mu - 2 max(-c, 0)) / m, so m* = 1 when that decrease is positive.
 - mu <= 0 (the step is not expected to decrease the loss): s - E_m[s'] <= 0 for every m and it
-  rises towards its limit as m grows, so u(m) is largest (least negative) at m = max_batch_size:
-  the batch grows to the cap before the update.
+  rises towards its limit as m grows, so u(m) is largest (least negative) at m = max_batch_size.
+  (`BAMomentum` does not follow Eq. 9 here: it updates at once, see ba_momentum.py.)
 - c <= 0 (the expected step overshoots the floor, or s < S*): handled by |c|; the rebound term
   -2 max(-c, 0) is exactly the rebound of Eq. 6.
 - Ties (e.g. everything 0 when f = 0) resolve to the smallest m.
 
 u is unimodal in m. Proof: write g(m) = A - 2 h(k / sqrt(m)) with A = eta mu - 2 max(-c, 0),
 k = eta sigma and h(tau) = tau L(|c| / tau) = E[(tau Z - |c|)^+], which is increasing and convex
-in tau. With t = 1 / sqrt(m), u = t^2 (A - 2 h(k t)) and du/dt = 2 t phi(t) where
-phi(t) = A - 2 h(k t) - k t h'(k t) has phi'(t) = -3 k h'(k t) - k^2 t h''(k t) <= 0. So du/dt
+in tau. With t = 1 / sqrt(m), u = t^2 (A - 2 h(k t)) and du/dt = 2 t psi(t) where
+psi(t) = A - 2 h(k t) - k t h'(k t) has psi'(t) = -3 k h'(k t) - k^2 t h''(k t) <= 0. So du/dt
 changes sign at most once (from + to -): u rises then falls in t, hence in m, and its maximisers
 form one interval. (The authors' code binary-searches du/dm on the same assumption.)
 
 `optimal_batch_size` (NumPy, the reference) scans every integer 1..max_batch_size, vectorised;
 `tf_optimal_batch_size` (in the train step) uses the unimodality: three or four stages of 64
-evaluations narrow the bracket to the exact integer maximiser (~0.1 ms in a graph, independent
-of the cap). The two agree to the last bit of u (tested against a brute-force scan).
+evaluations narrow the bracket to the exact integer maximiser (~0.3 ms in a graph for a cap of
+4096 or 65536, vs ~4 ms for a full scan of 65536). Both are tested against a brute-force scan
+(same u to 1e-12).
 
 `expected_next_state` / `optimal_batch_size` work on NumPy values and validate their inputs;
 `tf_expected_decrease` / `tf_optimal_batch_size` are the same formulas in float64 TensorFlow ops
