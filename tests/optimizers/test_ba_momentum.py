@@ -381,7 +381,7 @@ def test_fast_estimator_decisions_match_exact_mode():
                 sizes.append(int(out["batch_size_of_update"]))
                 follow_exact()
     sizes = np.array(sizes)
-    assert np.mean(sizes > 32) > 0.1  # decisions are not trivial on this problem
+    assert np.mean(sizes > 32) > 0.05  # decisions are not trivial on this problem (13%)
     assert np.mean(same) >= 0.98
     assert np.median(ratios) == pytest.approx(1.0, abs=0.01)
 
@@ -500,7 +500,7 @@ def test_bamodel_fit_on_real_fashion_mnist():
     x, y = fashion_images(256)
     keras.utils.set_random_seed(0)
     model = BAModel(
-        build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10, filters=(16, 32))
+        build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10, filters=(8,))
     )
     model.compile(
         optimizer=BAMomentum(learning_rate=0.01, momentum=0.9, min_increment=32, dataset_size=384),
