@@ -14,6 +14,7 @@ the training thread, so an epoch boundary costs only the new pipeline.
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable
 
@@ -32,4 +33,18 @@ def release_in_background(inputs: dict) -> None:
     The caller must hold no other reference to the iterator or dataset.
     """
     items = [inputs.pop(key) for key in list(inputs)]
-    threading.Thread(target=items.clear, name="release-epoch-inputs", daemon=True).start()
+    thread = threading.Thread(target=items.clear, name="release-epoch-inputs", daemon=True)
+    thread.start()
+    _releases[:] = [t for t in _releases if t.is_alive()] + [thread]
+
+
+_releases: list[threading.Thread] = []
+
+
+@atexit.register
+def _finish_releases() -> None:
+    """Join the release threads before the interpreter finalises: a daemon thread still inside
+    TensorFlow's iterator destructor at that point is unwound by force and the process aborts
+    ("FATAL: exception not rethrown", exit -6) after a run that had finished."""
+    while _releases:
+        _releases.pop().join()
