@@ -220,6 +220,14 @@ def load_study(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Study:
             f"bad study config: {first} (a study file binds only sweep.*; the runs' bindings "
             "go in sweep.base_bindings or a file named in sweep.base_gin_files)") from None
     try:
+        # Checked explicitly: whether gin knows `train` depends on what this process imported.
+        for line in gin.config_str().splitlines():
+            match = re.match(r"^([A-Za-z_][\w./]*)\.\w+ = ", line)
+            if match and match.group(1).split("/")[-1] not in ("sweep", "keras_largebatch.sweep"):
+                raise UserInputError(
+                    f"bad study config: {line.split(' = ')[0]!r} is bound in the study (a study "
+                    "file binds only sweep.*; the runs' bindings go in sweep.base_bindings or a "
+                    "file named in sweep.base_gin_files)")
         return configurable()
     finally:
         gin.clear_config(clear_constants=True)
