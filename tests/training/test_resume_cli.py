@@ -33,16 +33,17 @@ CHAIN_ONE_REPLICA = [
     ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "25"}, -9, "", "ckpt-20"),  # mid-epoch
     ({"KERAS_LARGEBATCH_TEST_SIGNAL_AT_STEP": "35:SIGTERM"}, 143,
      "interrupted by SIGTERM at epoch 1, step 35", "ckpt-35"),
-    ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "46"}, -9, "", "ckpt-40"),  # phase 1's last update
-    # SIGINT on an epoch's last update: the epoch's evaluation and checkpoint finish first.
+    # SIGINT on the last update before a phase switch: the epoch's evaluation and checkpoint
+    # finish first, the next run starts the new phase.
     ({"KERAS_LARGEBATCH_TEST_SIGNAL_AT_STEP": "69:SIGINT"}, 130,
      "interrupted by SIGINT at epoch 3, step 0", "ckpt-69"),
     ({}, 0, "Resuming", "ckpt-80"),
 ]
 CHAIN_TWO_REPLICAS = [
-    ({"KERAS_LARGEBATCH_TEST_KILL_IN_SAVE": "50"}, -9, "", "ckpt-46"),  # during a save
-    # Resumes at the phase switch (epoch 2, step 0, batch 512), rewrites the half-written ckpt-50.
-    ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "75"}, -9, "at epoch 2, step 0", "ckpt-70"),
+    # Killed while writing ckpt-46, the epoch-end checkpoint at the phase switch 256 -> 512.
+    ({"KERAS_LARGEBATCH_TEST_KILL_IN_SAVE": "46"}, -9, "", "ckpt-40"),
+    # Resumes before the switch and crosses it again, rewriting the half-written ckpt-46.
+    ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "75"}, -9, "at epoch 1, step 40", "ckpt-70"),
     ({}, 0, "at epoch 3, step 1", "ckpt-80"),
 ]
 
