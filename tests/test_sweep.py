@@ -214,6 +214,13 @@ def real_sweep(tmp_path_factory):
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # the sweep and the run it started next
     killed_output, _ = first.communicate()
+    deadline = time.time() + 60  # a killed child can outlive its parent briefly under load
+    while time.time() < deadline:
+        try:
+            os.killpg(first.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
     mtime = results.stat().st_mtime_ns
 
     cmd, kw = _sweep_cli(*flags, "--parallel=2", capture_output=True)
