@@ -17,6 +17,8 @@ from keras_largebatch.data.sources import FASHION_MNIST_DIR
 
 from .cli import TINY, error_lines, run_cli
 
+pytestmark = pytest.mark.slow  # ~22 CLI processes, 3 at a time: over a minute on 2 cores
+
 B = "--gin_bindings="
 CASES = {
     # name: (extra CLI args, text the single error line must contain)
