@@ -139,101 +139,28 @@ def resnet_cifar(
     return keras.Model(inputs, outputs, name=f"resnet{depth}{suffix}")
 
 
-@register("resnet8")
-def resnet8(
-    *,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    batch_norm: bool = True,
-    weight_decay: float = 0.0,
-    bn_batch_size: int | None = None,
-) -> keras.Model:
-    """ResNet-8 (n=1), as in seed 001 (He et al. 2016, Sec. 4.2); see `resnet_cifar`."""
-    return resnet_cifar(
-        depth=8,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        batch_norm=batch_norm,
-        weight_decay=weight_decay,
-        bn_batch_size=bn_batch_size,
-    )
+def _builder(depth: int, doc: str):
+    """The registered builder of ResNet-`depth`: `resnet_cifar` with the depth fixed."""
+
+    def build(
+        *,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        batch_norm: bool = True,
+        weight_decay: float = 0.0,
+        bn_batch_size: int | None = None,
+    ) -> keras.Model:
+        return resnet_cifar(depth=depth, input_shape=input_shape, num_classes=num_classes,
+                            batch_norm=batch_norm, weight_decay=weight_decay,
+                            bn_batch_size=bn_batch_size)
+
+    build.__name__ = build.__qualname__ = f"resnet{depth}"
+    build.__doc__ = f"ResNet-{depth} ({doc}); He et al. 2016, Sec. 4.2; see `resnet_cifar`."
+    return register(f"resnet{depth}")(build)
 
 
-@register("resnet20")
-def resnet20(
-    *,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    batch_norm: bool = True,
-    weight_decay: float = 0.0,
-    bn_batch_size: int | None = None,
-) -> keras.Model:
-    """ResNet-20 (n=3, 0.27M parameters); He et al. 2016, Sec. 4.2."""
-    return resnet_cifar(
-        depth=20,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        batch_norm=batch_norm,
-        weight_decay=weight_decay,
-        bn_batch_size=bn_batch_size,
-    )
-
-
-@register("resnet32")
-def resnet32(
-    *,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    batch_norm: bool = True,
-    weight_decay: float = 0.0,
-    bn_batch_size: int | None = None,
-) -> keras.Model:
-    """ResNet-32 (n=5, 0.46M parameters); He et al. 2016, Sec. 4.2."""
-    return resnet_cifar(
-        depth=32,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        batch_norm=batch_norm,
-        weight_decay=weight_decay,
-        bn_batch_size=bn_batch_size,
-    )
-
-
-@register("resnet44")
-def resnet44(
-    *,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    batch_norm: bool = True,
-    weight_decay: float = 0.0,
-    bn_batch_size: int | None = None,
-) -> keras.Model:
-    """ResNet-44 (n=7, 0.66M parameters); He et al. 2016, Sec. 4.2."""
-    return resnet_cifar(
-        depth=44,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        batch_norm=batch_norm,
-        weight_decay=weight_decay,
-        bn_batch_size=bn_batch_size,
-    )
-
-
-@register("resnet56")
-def resnet56(
-    *,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    batch_norm: bool = True,
-    weight_decay: float = 0.0,
-    bn_batch_size: int | None = None,
-) -> keras.Model:
-    """ResNet-56 (n=9, 0.85M parameters); He et al. 2016, Sec. 4.2."""
-    return resnet_cifar(
-        depth=56,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        batch_norm=batch_norm,
-        weight_decay=weight_decay,
-        bn_batch_size=bn_batch_size,
-    )
+resnet8 = _builder(8, "n=1, as in seed 001")
+resnet20 = _builder(20, "n=3, 0.27M parameters")
+resnet32 = _builder(32, "n=5, 0.46M parameters")
+resnet44 = _builder(44, "n=7, 0.66M parameters; seed 003")
+resnet56 = _builder(56, "n=9, 0.85M parameters")
