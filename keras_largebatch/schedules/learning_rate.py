@@ -434,9 +434,8 @@ class LinearWarmup(EpochSchedule):
         return start + (target - start) * t
 
 
-@_register
-class BatchScheduleMultiplier(EpochSchedule):
-    """`schedule(e) * batch_schedule.lr_multiplier(e)`: AdaBatch's LR decay on top of a schedule."""
+class _BatchComposed(EpochSchedule):
+    """Base of the schedules that compose an LR schedule with a batch schedule."""
 
     def __init__(self, schedule, batch_schedule, progress: Progress | None = None):
         super().__init__(progress)
@@ -452,24 +451,26 @@ class BatchScheduleMultiplier(EpochSchedule):
         return self._schedule.total_epochs
 
     def get_config(self) -> dict:
-        return {
-            "schedule": _serialize(self._schedule),
-            "batch_schedule": _serialize(self._batch),
-        }
+        return {"schedule": _serialize(self._schedule), "batch_schedule": _serialize(self._batch)}
 
     @classmethod
     def from_config(cls, config: dict):
-        return cls(
-            schedule=as_schedule(config["schedule"], "schedule"),
-            batch_schedule=batch_lib.get(config["batch_schedule"]),
-        )
+        config = dict(config)
+        config["schedule"] = as_schedule(config["schedule"], "schedule")
+        config["batch_schedule"] = batch_lib.get(config["batch_schedule"])
+        return cls(**config)
+
+
+@_register
+class BatchScheduleMultiplier(_BatchComposed):
+    """`schedule(e) * batch_schedule.lr_multiplier(e)`: AdaBatch's LR decay on top of a schedule."""
 
     def _value_at(self, epoch):
         return self._schedule.value_at(epoch) * self._batch.lr_multiplier_at(epoch)
 
 
 @_register
-class BatchScaled(EpochSchedule):
+class BatchScaled(_BatchComposed):
     """`schedule(e) * scale(m(e) / reference_batch_size)` for the current batch size m(e).
 
     Defaults (reference 1, linear) give seed 001's sum-of-gradients view: `schedule` is the
@@ -484,34 +485,13 @@ class BatchScaled(EpochSchedule):
         rule: str = "linear",
         progress: Progress | None = None,
     ):
-        super().__init__(progress)
-        self._schedule = as_schedule(schedule, "schedule")
-        self._batch = batch_lib.get(batch_schedule)
+        super().__init__(schedule, batch_schedule, progress)
         self._reference = check_batch_size("reference_batch_size", reference_batch_size)
         self._rule = check_rule(rule)
 
-    @property
-    def batch_schedule(self) -> batch_lib.BatchSchedule:
-        return self._batch
-
-    @property
-    def total_epochs(self) -> float | None:
-        return self._schedule.total_epochs
-
     def get_config(self) -> dict:
-        return {
-            "schedule": _serialize(self._schedule),
-            "batch_schedule": _serialize(self._batch),
-            "reference_batch_size": self._reference,
-            "rule": self._rule,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict):
-        config = dict(config)
-        config["schedule"] = as_schedule(config["schedule"], "schedule")
-        config["batch_schedule"] = batch_lib.get(config["batch_schedule"])
-        return cls(**config)
+        return {**super().get_config(), "reference_batch_size": self._reference,
+                "rule": self._rule}
 
     def _value_at(self, epoch):
         factor = scale_factor_at(self._batch.batch_size_at(epoch), self._reference, self._rule)

@@ -104,11 +104,9 @@ class ModelRNG(tf.Module):
 class StepState(tf.Module):
     """The train step's own variables (e.g. TrainStep.grad_scale, BAChunkStep's epoch sums)."""
 
-    def __init__(self, step, exclude=()):
+    def __init__(self, step):
         super().__init__(name="step_state")
-        skip = {id(v) for v in exclude}
-        self.states = [v for v in vars(step).values()
-                       if isinstance(v, tf.Variable) and id(v) not in skip]
+        self.states = [v for v in vars(step).values() if isinstance(v, tf.Variable)]
 
 
 def check_every_steps(every_steps) -> None:
@@ -131,7 +129,7 @@ class RunKeeper:
                  guard: DivergenceGuard, strategy: tf.distribute.Strategy, chief: bool,
                  step=None,
                  epochs: int, every_steps: int | None, log_every_steps: int, keep: int,
-                 overwrite: bool, verbose: bool, extra_state: dict | None = None):
+                 overwrite: bool, verbose: bool):
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
         self.progress, self.metrics, self.guard = progress, metrics, guard
         self.strategy, self.chief, self.epochs = strategy, chief, epochs
@@ -144,9 +142,8 @@ class RunKeeper:
                      rng=ModelRNG(model), run_state=self.state)
         if guard.lr_multiplier is not None:
             parts["lr_multiplier"] = guard.lr_multiplier
-        parts.update(extra_state or {})  # e.g. the step's grad_scale (seed 003 adaptation)
-        if step is not None:  # its other variables (BAChunkStep's epoch sums, ...)
-            parts["step"] = StepState(step, exclude=(extra_state or {}).values())
+        if step is not None:  # grad_scale (seed 003 adaptation), BAChunkStep's epoch sums, ...
+            parts["step"] = StepState(step)
         self.checkpoint = tf.train.Checkpoint(**parts)
         self.directory = os.path.join(run_dir, CHECKPOINT_DIR)
         self._private_dir = None if chief else tempfile.mkdtemp(prefix="keras_largebatch-worker-")

@@ -246,9 +246,7 @@ def train(
                        metrics=metrics, guard=guard, strategy=strategy, chief=chief, step=step,
                        epochs=epochs, every_steps=checkpoint_every_steps,
                        log_every_steps=log_every_steps, keep=checkpoints_to_keep,
-                       overwrite=overwrite, verbose=verbose,
-                       extra_state={"grad_scale": step.grad_scale} if adapt_grad_norm_every
-                       else None)
+                       overwrite=overwrite, verbose=verbose)
 
     # ---- Restore (checkpointing.py: what a checkpoint holds; refused before any write) ----
     start_epoch, skip_steps = keeper.restore()
