@@ -91,33 +91,42 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
                              title: str = "Test accuracy vs base learning rate") -> str:
     """Seed 001's figure: accuracy vs eta~ = eta/m on a log2 axis, one curve per batch size.
 
-    `points`: dicts with batch_size, base_lr, accuracy (fraction), diverged (bool). Diverged
-    runs are an x at the bottom of the axis in their batch size's colour.
+    `points`: dicts with batch_size, base_lr, accuracy (fraction), diverged (bool) and an
+    optional variant (e.g. warmup / no_warmup: one panel each, as seed 001 Figs 1 and 16 are
+    separate figures). Diverged runs are an x at the bottom of the axis in their batch size's
+    colour.
     """
-    fig, ax = _figure()
+    panels: dict[str, list[Mapping]] = {}
+    for p in points:
+        panels.setdefault(p.get("variant") or "", []).append(p)
+    fig = Figure(figsize=(6.4 * max(1, len(panels)) * 0.8 + 1.3, 4.2), dpi=100)
+    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
     cmap = matplotlib.colormaps["viridis"]
     sizes = sorted({int(p["batch_size"]) for p in points})
-    failed = []
-    for i, m in enumerate(sizes):
-        color = cmap(i / max(1, len(sizes) - 1))
-        group = sorted((p for p in points if int(p["batch_size"]) == m),
-                       key=lambda p: p["base_lr"])
-        ok = [p for p in group if not p["diverged"] and p["accuracy"] is not None
-              and math.isfinite(p["accuracy"])]
-        ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
-                color=color, label=f"m = {m}")
-        failed += [(p["base_lr"], color) for p in group if p not in ok]
-    if failed:  # at the bottom of the axis (x in data, y in axes coordinates)
-        ax.scatter([x for x, _ in failed], [0.04] * len(failed), marker="x", s=50,
-                   c=[c for _, c in failed], transform=ax.get_xaxis_transform(),
-                   label="diverged")
-    ax.set_xscale("log", base=2)
+    colors = {m: cmap(i / max(1, len(sizes) - 1)) for i, m in enumerate(sizes)}
     lrs = [p["base_lr"] for p in points]
-    if lrs:
-        ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
-    ax.set(xlabel=r"base learning rate $\tilde\eta = \eta / m$", ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2 if len(sizes) > 5 else 1)
+    for ax, (variant, group_points) in zip(axes, panels.items() or [("", [])]):
+        failed = []
+        for m in sizes:
+            group = sorted((p for p in group_points if int(p["batch_size"]) == m),
+                           key=lambda p: p["base_lr"])
+            ok = [p for p in group if not p["diverged"] and p["accuracy"] is not None
+                  and math.isfinite(p["accuracy"])]
+            ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
+                    color=colors[m], label=f"m = {m}")
+            failed += [(p["base_lr"], colors[m]) for p in group if p not in ok]
+        if failed:  # at the bottom of the axis (x in data, y in axes coordinates)
+            ax.scatter([x for x, _ in failed], [0.04] * len(failed), marker="x", s=50,
+                       c=[c for _, c in failed], transform=ax.get_xaxis_transform(),
+                       label="diverged")
+        ax.set_xscale("log", base=2)
+        if lrs:
+            ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
+        ax.set(xlabel=r"base learning rate $\tilde\eta = \eta / m$",
+               title=f"{title}: {variant}" if variant else title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", ncol=2 if len(sizes) > 5 else 1)
+    axes[0].set_ylabel(ylabel)
     return _save(fig, path)
 
 
@@ -304,6 +313,12 @@ class Run:
                 if t.startswith(prefix)}
 
     @property
+    def variant(self) -> str | None:
+        """The variant of a sweep run folder `<variant>__<key>=<value>...` (see sweep.py)."""
+        head = self.label.split("__")[0]
+        return head if "__" in self.label and "=" not in head else None
+
+    @property
     def batch_size(self) -> int | None:
         """The (first) global batch size: from the epochs, else from config.gin."""
         m = _number(self.epochs[0].get("batch_size")) if self.epochs else None
@@ -408,7 +423,7 @@ def base_lr_points(runs: Sequence[Run], scores: Mapping[str, dict], *, metric: s
     for r in runs:
         lr, m = r.base_lr(lr_key), r.batch_size
         if lr is not None and m:
-            points.append({"run": r.label, "batch_size": m, "base_lr": lr,
+            points.append({"run": r.label, "variant": r.variant, "batch_size": m, "base_lr": lr,
                            "accuracy": scores[r.label][metric],
                            "diverged": scores[r.label]["status"] == "diverged"})
     return points

@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 
+import matplotlib.image
 import pytest
 import tensorflow as tf
 
@@ -138,6 +139,32 @@ def test_base_lr_follows_the_runs_scaling_rule(tmp_path, sweep_dir):
                        config="train.batch_size = 128\ntrain.learning_rate = 0.1\n")
     assert math.isclose(plot.Run(str(plain)).base_lr(), 0.1 / 128)
     assert plot.Run(str(plain)).repeats == 1
+
+
+def test_warmup_variants_get_one_panel_each_not_one_mixed_curve(tmp_path):
+    """seed 001 plots warmup and no warmup separately: runs with the same (m, eta~) but a
+    different sweep variant must not share a curve."""
+    runs = []
+    for variant, acc in (("warmup", 0.8), ("no_warmup", 0.6)):
+        for lr in (2.0 ** -8, 2.0 ** -6):
+            name = f"{variant}__train.batch_size=8__StepDecay.initial={lr:g}"
+            runs.append(plot.Run(str(_write_run(
+                tmp_path / name, epochs=_epochs([acc], batch_size=8),
+                config=f"train.batch_size = 8\nStepDecay.initial = {lr!r}\n"
+                       "train.lr_scaling = 'linear'\n"))))
+    assert [r.variant for r in runs] == ["warmup"] * 2 + ["no_warmup"] * 2
+    assert plot.Run(str(tmp_path / "batch_size=8__lr=1")).variant is None  # grid-only name
+    scores = {r.label: {"status": "completed", "acc": r.epochs[0]["test_accuracy"]}
+              for r in runs}
+    points = plot.base_lr_points(runs, scores, metric="acc", lr_key="StepDecay.initial")
+    assert {(p["variant"], p["base_lr"], p["accuracy"]) for p in points} == {
+        ("warmup", 2.0 ** -8, 0.8), ("warmup", 2.0 ** -6, 0.8),
+        ("no_warmup", 2.0 ** -8, 0.6), ("no_warmup", 2.0 ** -6, 0.6)}
+    one = plot.plot_accuracy_vs_base_lr([p for p in points if p["variant"] == "warmup"],
+                                        str(tmp_path / "one.png"))
+    two = plot.plot_accuracy_vs_base_lr(points, str(tmp_path / "two.png"))
+    width = {k: matplotlib.image.imread(v).shape[1] for k, v in (("one", one), ("two", two))}
+    assert width["two"] > 1.7 * width["one"]  # two panels side by side
 
 
 def test_cli_rejects_a_missing_folder(tmp_path):
