@@ -39,6 +39,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from keras_largebatch import sweep as sweep_lib  # noqa: E402
 from keras_largebatch.sweep import _number  # noqa: E402
@@ -57,6 +58,9 @@ def _figure(width: float = 6.4, height: float = 4.2):
 
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for ax in fig.axes:  # epochs are whole numbers: no 1.25-epoch ticks on short runs
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path)
     return path
