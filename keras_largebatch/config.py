@@ -7,8 +7,9 @@ Binding names, by what they configure:
     make_strategy.*           replicas: make_strategy.num_cpu_replicas = 2
     fashion_mnist.data_dir    data sources (fashion_mnist, mnist, cifar10, cifar100, imagenet2012)
     cnn_fashion.dropout       model builders, by registered model name
-    SGD.momentum, LARS.*      optimizer classes, chosen by train.optimizer = 'sgd' | 'momentum' |
-    BAMomentum.*              'adam' | 'lars' | 'ba_momentum' | 'ba_sgd'
+    SGD.momentum, LARS.*      optimizer classes, chosen by train.optimizer = 'sgd' (momentum 0) |
+    BAMomentum.*              'momentum' (SGD.momentum, default 0.9) | 'adam' | 'lars' |
+                              'ba_momentum' | 'ba_sgd' (BAMomentum with momentum 0)
     make_augment.cutout_size  augmentation options; the policy is train.augment = 'cutout'
     LinearWarmup.*, AdaBatch.* schedules: train.learning_rate = @LinearWarmup(),
                               train.batch_schedule = @AdaBatch()
@@ -51,11 +52,17 @@ def register_configurables() -> None:
 
     sgd = gin.external_configurable(keras.optimizers.SGD, module="keras.optimizers")
     adam = gin.external_configurable(keras.optimizers.Adam, module="keras.optimizers")
-    optimizer_factory.register_optimizer("sgd", sgd)
+    # 'sgd' is plain SGD whatever SGD.momentum says (as 'ba_sgd' is BA with rho = 0), so one
+    # config can bind SGD.momentum = 0.9 and compare 'momentum' with 'sgd' by name alone.
+    optimizer_factory.register_optimizer("sgd", lambda **kw: sgd(**{**kw, "momentum": 0.0}))
     optimizer_factory.register_optimizer("adam", adam)
 
     def momentum(**kw):
-        kw.setdefault("momentum", 0.9)
+        """SGD with SGD.momentum if bound, else 0.9 (an explicit argument would beat gin)."""
+        try:
+            gin.query_parameter("SGD.momentum")
+        except ValueError:
+            kw["momentum"] = 0.9
         return sgd(**kw)
 
     optimizer_factory.register_optimizer("momentum", momentum)

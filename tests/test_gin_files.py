@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from keras_largebatch import config
-from keras_largebatch.training import loop
+from keras_largebatch.training import loop, optimizer_factory
 
 REPO = Path(__file__).resolve().parents[1]
 GIN_FILES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "gin").rglob("*.gin")
@@ -75,3 +75,19 @@ def test_study_file_expands_and_its_runs_build(study_file, tmp_path):
         gin.parse_config_files_and_bindings(files, list(run.bindings))
         summary = loop.train(run_dir=str(tmp_path / run.name), dry_run=True, verbose=False)
         assert summary["status"] == "dry_run"
+
+
+@pytest.mark.parametrize("bindings, name, expected", [
+    (["SGD.momentum = 0.9"], "sgd", 0.0),        # 'sgd' is plain SGD even under a 0.9 binding
+    (["SGD.momentum = 0.9"], "momentum", 0.9),
+    (["SGD.momentum = 0.5"], "momentum", 0.5),   # the binding wins over the 0.9 default
+    ([], "momentum", 0.9),
+    ([], "sgd", 0.0),
+    (["BAMomentum.momentum = 0.9"], "ba_sgd", 0.0),
+])
+def test_optimizer_names_mean_what_they_say(bindings, name, expected):
+    """Seed 002 compares "-SGD" with "-Momentum" runs of one config by train.optimizer alone
+    (gin/studies/ba_momentum.gin); a bound SGD.momentum must not turn 'sgd' into momentum."""
+    gin.parse_config_files_and_bindings([], bindings)
+    optimizer = optimizer_factory.create_optimizer(name, learning_rate=0.1)
+    assert optimizer.momentum == expected
