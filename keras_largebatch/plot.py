@@ -97,8 +97,8 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
 
     `points`: dicts with batch_size, base_lr, accuracy (fraction), diverged (bool) and an
     optional variant (e.g. warmup / no_warmup: one panel each, as seed 001 Figs 1 and 16 are
-    separate figures). Diverged runs are an x at the bottom of the axis in their batch size's
-    colour.
+    separate figures). Diverged runs are an x near the bottom of the axis in their batch size's
+    colour, one row per batch size.
     """
     panels: dict[str, list[Mapping]] = {}
     for p in points:
@@ -118,10 +118,11 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
                   and math.isfinite(p["accuracy"])]
             ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
                     color=colors[m], label=f"m = {m}")
-            failed += [(p["base_lr"], colors[m]) for p in group if p not in ok]
+            row = 0.03 + 0.035 * sizes.index(m)  # one row of x per batch size: no overlaps
+            failed += [(p["base_lr"], row, colors[m]) for p in group if p not in ok]
         if failed:  # at the bottom of the axis (x in data, y in axes coordinates)
-            ax.scatter([x for x, _ in failed], [0.04] * len(failed), marker="x", s=50,
-                       c=[c for _, c in failed], transform=ax.get_xaxis_transform(),
+            ax.scatter([x for x, _, _ in failed], [y for _, y, _ in failed], marker="x", s=40,
+                       c=[c for _, _, c in failed], transform=ax.get_xaxis_transform(),
                        label="diverged")
         ax.set_xscale("log", base=2)
         if lrs:
