@@ -2,6 +2,7 @@
 images in TensorBoard (<dir>/tensorboard/plots).
 
     python -m keras_largebatch.plot runs/<run_or_sweep_dir> [--notensorboard]
+    python -m keras_largebatch.plot runs/<sweep_dir> --runs='boom_*' --out_dir=runs/<sweep_dir>/boom
 
 regenerates whatever applies to the folder:
 
@@ -23,6 +24,7 @@ data a folder lacks is skipped. Each plot function takes plain arrays, so notebo
 from __future__ import annotations
 
 import ast
+import fnmatch
 import functools
 import glob
 import json
@@ -434,11 +436,25 @@ def base_lr_points(runs: Sequence[Run], scores: Mapping[str, dict], *, metric: s
     return points
 
 
-def plot_sweep(sweep_dir: str) -> list[str]:
-    """Every figure that applies to a sweep; PNGs in `sweep_dir`."""
+def plot_sweep(sweep_dir: str, *, runs_glob: str | None = None,
+               out_dir: str | None = None) -> list[str]:
+    """Every figure that applies to a sweep; PNGs in `out_dir` (default `sweep_dir`).
+
+    `runs_glob`: only the runs whose folder name matches one of these comma-separated
+    fnmatch patterns, e.g. 'boom_*' (python -m keras_largebatch.plot runs/x --runs='boom_*'
+    --out_dir=runs/x/boom).
+    """
     runs, manifest = _sweep_runs(sweep_dir)
+    if runs_glob:
+        patterns = [g.strip() for g in runs_glob.split(",") if g.strip()]
+        names = [r.label for r in runs]
+        runs = [r for r in runs if any(fnmatch.fnmatchcase(r.label, g) for g in patterns)]
+        if not runs:
+            raise ValueError(f"no run in {sweep_dir} matches --runs={runs_glob!r}; its runs: "
+                             f"{', '.join(names) or 'none'}")
     if not runs:
         return []
+    out_dir = out_dir or sweep_dir
     metric = manifest.get("metric") or "best_test_accuracy"
     if "accuracy" not in metric:
         metric = "best_test_accuracy"
@@ -450,7 +466,7 @@ def plot_sweep(sweep_dir: str) -> list[str]:
     points = base_lr_points(runs, scores, metric=metric, lr_key=manifest.get("base_lr_key"))
     if len({p["base_lr"] for p in points}) > 1:
         paths.append(plot_accuracy_vs_base_lr(
-            points, os.path.join(sweep_dir, "accuracy_vs_base_lr.png"),
+            points, os.path.join(out_dir, "accuracy_vs_base_lr.png"),
             ylabel=f"{metric.replace('_', ' ')} (%)", title=f"{title}: accuracy vs eta/m"))
 
     shown = runs
@@ -460,7 +476,7 @@ def plot_sweep(sweep_dir: str) -> list[str]:
             return -value if value is not None and math.isfinite(value) else math.inf
         shown = sorted(runs, key=key)[:MAX_CURVES]
         title = f"{title} ({MAX_CURVES} best of {len(runs)} by {metric})"
-    paths += _common_plots(shown, sweep_dir, title)
+    paths += _common_plots(shown, out_dir, title)
 
     by_m = {r: r.repeats for r in runs if r.repeats}
     if len(set(by_m.values())) > 1:
@@ -470,7 +486,7 @@ def plot_sweep(sweep_dir: str) -> list[str]:
             same = sum(v == m for v in by_m.values())
             label = f"M = {m}" + (f" ({r.label})" if same > 1 else "")
             curves[label] = _complement(r.series("test_accuracy", 100.0))
-        paths.append(plot_test_error(curves, os.path.join(sweep_dir, "test_error_by_M.png"),
+        paths.append(plot_test_error(curves, os.path.join(out_dir, "test_error_by_M.png"),
                                      title=f"Test error per M ({', '.join(map(str, ms))})"))
     return paths
 
@@ -491,14 +507,20 @@ def write_tensorboard_images(paths: Sequence[str], logdir: str) -> None:
     writer.close()
 
 
-def plot_dir(path: str, *, tensorboard: bool = True) -> list[str]:
-    """Regenerate every applicable figure of a run or sweep folder; returns the PNG paths."""
+def plot_dir(path: str, *, tensorboard: bool = True, runs_glob: str | None = None,
+             out_dir: str | None = None) -> list[str]:
+    """Regenerate every applicable figure of a run or sweep folder; returns the PNG paths.
+
+    `runs_glob` / `out_dir` (sweeps only): plot a subset of the runs into another folder.
+    """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a folder")
     is_run = _is_run_dir(path) or os.path.isfile(os.path.join(path, "config.gin"))
-    paths = plot_run(path) if is_run else plot_sweep(path)
+    if is_run and (runs_glob or out_dir):
+        raise ValueError(f"{path} is one run; --runs and --out_dir apply to sweep folders")
+    paths = plot_run(path) if is_run else plot_sweep(path, runs_glob=runs_glob, out_dir=out_dir)
     if paths and tensorboard:
-        write_tensorboard_images(paths, os.path.join(path, "tensorboard", PLOTS_SUBDIR))
+        write_tensorboard_images(paths, os.path.join(out_dir or path, "tensorboard", PLOTS_SUBDIR))
     return paths
 
 
@@ -510,9 +532,13 @@ def main(argv: list[str]) -> None:
               file=sys.stderr)
         sys.exit(2)
     try:
-        paths = plot_dir(argv[1], tensorboard=flags.FLAGS.tensorboard)
+        paths = plot_dir(argv[1], tensorboard=flags.FLAGS.tensorboard,
+                         runs_glob=flags.FLAGS.runs, out_dir=flags.FLAGS.out_dir)
     except FileNotFoundError as e:
         print(f"error: {e}; pass a run or sweep folder", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if not paths:
         print(f"error: nothing to plot in {argv[1]} (no results.json found)", file=sys.stderr)
@@ -525,6 +551,10 @@ def run() -> None:
     from absl import app, flags
 
     flags.DEFINE_bool("tensorboard", True, "Also write the PNGs to <dir>/tensorboard/plots.")
+    flags.DEFINE_string("runs", None, "Sweeps: plot only the runs whose folder names match "
+                        "these comma-separated globs, e.g. 'boom_*'.")
+    flags.DEFINE_string("out_dir", None, "Sweeps: write the figures here instead of the sweep "
+                        "folder.")
     app.run(main)
 
 

@@ -173,3 +173,23 @@ def test_cli_rejects_a_missing_folder(tmp_path):
     assert proc.returncode == 2
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {tmp_path / 'nope'} is not a folder; pass a run or sweep folder"]
+
+
+def test_a_subset_of_a_sweep_plots_into_its_own_folder(sweep_dir, tmp_path):
+    out = tmp_path / "m256"
+    names = {p.rsplit("/", 1)[-1] for p in plot.plot_dir(
+        str(sweep_dir), tensorboard=False, runs_glob="batch_size=256__*", out_dir=str(out))}
+    # Only the m = 256 runs (all M = 4): no per-M figure, which the whole sweep gets.
+    assert "test_error.png" in names and "test_error_by_M.png" not in names
+    assert (out / "test_error.png").read_bytes().startswith(PNG)
+    assert not (sweep_dir / "m256").exists()
+
+
+def test_cli_rejects_a_runs_glob_that_matches_nothing(sweep_dir):
+    proc = subprocess.run([sys.executable, "-m", "keras_largebatch.plot", str(sweep_dir),
+                           "--runs=boom_*", "--notensorboard"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: no run in {sweep_dir} matches --runs='boom_*'; its runs: batch_size=32__")
