@@ -138,12 +138,12 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
 
 
 def plot_train_loss(curves: Mapping[str, Curve], path: str, *,
-                    title: str = "Training loss per epoch") -> str:
+                    title: str = "Training loss per epoch", ylabel: str = "training loss") -> str:
     """Training loss vs epoch, one line per run: {label: (epochs, loss)}."""
     fig, ax = _figure()
     _lines(ax, curves)
     _log_if_wide(ax, curves)
-    ax.set(xlabel="epoch", ylabel="training loss", title=title)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     return _save(fig, path)
 
 
@@ -368,10 +368,14 @@ def _common_plots(runs: Sequence[Run], out_dir: str, title: str) -> list[str]:
     if errors:
         paths.append(plot_test_error(errors, os.path.join(out_dir, "test_error.png"),
                                      title=f"Test error: {title}"))
-    losses = _curves_of(runs, lambda r: r.series("train_loss"))
+    # Seed 002 plots the loss on the whole training set (train.eval_train_set); use it when
+    # every run has it, else the epoch's running mean (dropout on, weights moving).
+    whole = all(r.series("full_train_loss")[0] for r in runs)
+    losses = _curves_of(runs, lambda r: r.series("full_train_loss" if whole else "train_loss"))
     if losses:
-        paths.append(plot_train_loss(losses, os.path.join(out_dir, "train_loss.png"),
-                                     title=f"Training loss: {title}"))
+        paths.append(plot_train_loss(
+            losses, os.path.join(out_dir, "train_loss.png"), title=f"Training loss: {title}",
+            ylabel="loss on the whole training set" if whole else "training loss (epoch mean)"))
     sizes = _curves_of(runs, Run.batch_size_per_update)
     if sizes:
         paths.append(plot_batch_size_per_update(

@@ -193,3 +193,22 @@ def test_cli_rejects_a_runs_glob_that_matches_nothing(sweep_dir):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(
         f"error: no run in {sweep_dir} matches --runs='boom_*'; its runs: batch_size=32__")
+
+
+def test_training_loss_figure_uses_the_whole_training_set_when_every_run_has_it(
+        tmp_path, monkeypatch):
+    """seed 002 Figs 1-2 plot the loss on the whole training set (train.eval_train_set), not
+    the epoch's running mean; runs without it fall back to the running mean for all."""
+    seen = {}
+    monkeypatch.setattr(plot, "plot_train_loss",
+                        lambda curves, path, **kw: seen.update(curves=curves, **kw) or path)
+    epochs = _epochs([0.5, 0.6])
+    for e, whole in zip(epochs, (0.9, 0.4)):
+        e["full_train_loss"] = whole
+    with_whole = plot.Run(str(_write_run(tmp_path / "a", epochs=epochs)))
+    plot._common_plots([with_whole], str(tmp_path), "t")
+    assert seen["curves"] == {"a": ([1, 2], [0.9, 0.4])}
+    assert seen["ylabel"] == "loss on the whole training set"
+    without = plot.Run(str(_write_run(tmp_path / "b", epochs=_epochs([0.5, 0.6]))))
+    plot._common_plots([with_whole, without], str(tmp_path), "t")
+    assert seen["curves"]["a"] == ([1, 2], [2.0, 1.0]) and seen["ylabel"].endswith("mean)")
