@@ -44,6 +44,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from keras_largebatch import sweep as sweep_lib  # noqa: E402
+from keras_largebatch.errors import UserInputError  # noqa: E402
 from keras_largebatch.sweep import _number  # noqa: E402
 
 Curve = tuple[Sequence[float], Sequence[float]]
@@ -454,7 +455,7 @@ def plot_sweep(sweep_dir: str, *, runs_glob: str | None = None,
         names = [r.label for r in runs]
         runs = [r for r in runs if any(fnmatch.fnmatchcase(r.label, g) for g in patterns)]
         if not runs:
-            raise ValueError(f"no run in {sweep_dir} matches --runs={runs_glob!r}; its runs: "
+            raise UserInputError(f"no run in {sweep_dir} matches --runs={runs_glob!r}; its runs: "
                              f"{', '.join(names) or 'none'}")
     if not runs:
         return []
@@ -521,7 +522,8 @@ def plot_dir(path: str, *, tensorboard: bool = True, runs_glob: str | None = Non
         raise FileNotFoundError(f"{path} is not a folder")
     is_run = _is_run_dir(path) or os.path.isfile(os.path.join(path, "config.gin"))
     if is_run and (runs_glob or out_dir):
-        raise ValueError(f"{path} is one run; --runs and --out_dir apply to sweep folders")
+        raise UserInputError(f"{path} is one run; --runs and --out_dir apply to sweep folders: "
+                             "drop them, or pass the sweep folder")
     paths = plot_run(path) if is_run else plot_sweep(path, runs_glob=runs_glob, out_dir=out_dir)
     if paths and tensorboard:
         write_tensorboard_images(paths, os.path.join(out_dir or path, "tensorboard", PLOTS_SUBDIR))
@@ -541,8 +543,8 @@ def main(argv: list[str]) -> None:
     except FileNotFoundError as e:
         print(f"error: {e}; pass a run or sweep folder", file=sys.stderr)
         sys.exit(2)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserInputError as e:
+        print(f"error: {e.line}", file=sys.stderr)
         sys.exit(2)
     if not paths:
         print(f"error: nothing to plot in {argv[1]} (no results.json found)", file=sys.stderr)

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from keras_largebatch import plot
+from keras_largebatch.errors import UserInputError
 from keras_largebatch.sweep import SWEEP_FILE
 
 from .cli import REPO
@@ -183,6 +184,9 @@ def test_a_subset_of_a_sweep_plots_into_its_own_folder(sweep_dir, tmp_path):
     assert "test_error.png" in names and "test_error_by_M.png" not in names
     assert (out / "test_error.png").read_bytes().startswith(PNG)
     assert not (sweep_dir / "m256").exists()
+    one_run = sweep_dir / "batch_size=32__learning_rate=0.00390625"
+    with pytest.raises(UserInputError, match="is one run; --runs and --out_dir apply to sweep"):
+        plot.plot_dir(str(one_run), tensorboard=False, out_dir=str(out))
 
 
 def test_cli_rejects_a_runs_glob_that_matches_nothing(sweep_dir):
