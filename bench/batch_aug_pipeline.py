@@ -42,7 +42,7 @@ from keras_largebatch.data.augment import make_augment  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
 from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
 from keras_largebatch.training.progress import Progress  # noqa: E402
-from keras_largebatch.training.step import TrainStep  # noqa: E402
+from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 from keras_largebatch.training.strategy import make_strategy  # noqa: E402
 
 WARMUP = 5  # untimed steps / batches before every measurement

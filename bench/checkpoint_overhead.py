@@ -7,7 +7,7 @@ Run (from the repository root):
     .venv/bin/python bench/checkpoint_overhead.py --models cnn_fashion --repeats 20
 
 For each model (real Fashion-MNIST shapes, momentum SGD, global batch 128, one replica) the
-framework's `RunKeeper` is built as the loop builds it (model, optimizer slots, Progress,
+framework's `Checkpointer` is built as the loop builds it (model, optimizer slots, Progress,
 RunningMetrics, dropout RNG, RunState) and the script times, as medians over `--repeats`:
 one `train_step` update; one checkpoint save (`CheckpointManager.save`, atomic, into a temporary
 directory on the same disk as /tmp); one restore; the finite-weights check run before every save;
@@ -34,12 +34,12 @@ import tensorflow as tf  # noqa: E402
 
 from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
-from keras_largebatch.training.checkpointing import RunKeeper  # noqa: E402
+from keras_largebatch.training.checkpoint import Checkpointer  # noqa: E402
 from keras_largebatch.training.divergence import DivergenceGuard  # noqa: E402
 from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
 from keras_largebatch.training.optimizer_factory import create_optimizer  # noqa: E402
 from keras_largebatch.training.progress import Progress  # noqa: E402
-from keras_largebatch.training.step import TrainStep  # noqa: E402
+from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -70,19 +70,19 @@ def bench(model_name: str, repeats: int, batch: int) -> dict:
     progress.begin_epoch(0, 10**6)
     run_dir = tempfile.mkdtemp(prefix="ckpt_bench-")
     try:
-        keeper = RunKeeper(run_dir=run_dir, model=net, optimizer=opt, progress=progress,
-                           metrics=metrics, guard=guard, strategy=strategy, chief=True,
-                           epochs=1, every_steps=0, log_every_steps=50, keep=2,
-                           overwrite=False, verbose=False)
+        checkpointer = Checkpointer(run_dir=run_dir, model=net, optimizer=opt,
+                                    progress=progress, metrics=metrics, strategy=strategy,
+                                    chief=True, step=step, keep=2, verbose=False)
+        finite_fn = guard.finite_check([*net.variables, *opt.variables])
         step(iterator)  # trace
         update = _median_ms(lambda: (step(iterator), float(metrics.count.numpy())), repeats)
         counter = iter(range(1, 10**6))
-        save = _median_ms(lambda: keeper._save(next(counter)), repeats)
-        latest = keeper.manager.latest_checkpoint
+        save = _median_ms(lambda: checkpointer.save(next(counter)), repeats)
+        latest = checkpointer.latest()
         size = sum(os.path.getsize(p) for p in tf.io.gfile.glob(latest + ".*"))
-        restore = _median_ms(lambda: keeper._restore_from(latest), repeats)
-        keeper._finite()  # trace
-        finite = _median_ms(keeper._finite, repeats)
+        restore = _median_ms(lambda: checkpointer.restore_from(latest), repeats)
+        finite_fn()  # trace
+        finite = _median_ms(finite_fn, repeats)
         loss_check = _median_ms(lambda: guard.check(metrics), repeats)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

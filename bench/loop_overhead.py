@@ -27,7 +27,7 @@ from keras_largebatch.data import get_source, train_dataset_fn  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
 from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
 from keras_largebatch.training.progress import Progress  # noqa: E402
-from keras_largebatch.training.step import TrainStep  # noqa: E402
+from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 
 
 def main() -> None:

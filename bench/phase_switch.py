@@ -35,7 +35,7 @@ from keras_largebatch.models import build_model  # noqa: E402
 from keras_largebatch.training.inputs import epoch_inputs, release_in_background  # noqa: E402
 from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
 from keras_largebatch.training.progress import Progress  # noqa: E402
-from keras_largebatch.training.step import TrainStep  # noqa: E402
+from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 
 
 def main() -> None:

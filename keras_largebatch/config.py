@@ -1,7 +1,10 @@
-"""Gin at the edge: registers the library's plain functions and classes as configurables.
+"""Gin at the edge: gin-configurable versions of the library's functions and classes.
 
-Only `main` (and tests of gin files) import this module; the library itself never reads gin.
-Binding names, by what they configure:
+Only `main` (and tests of gin files) import this module; the library itself never reads gin and
+no module attribute is rebound here: `components()` returns a `Components` (training/
+components.py) whose factories are gin wrappers of the library's own, and `train` is the gin
+wrapper of `training.loop.train` that main calls with them. Binding names, by what they
+configure:
 
     train.*                   the run (keras_largebatch.training.loop.train)
     make_strategy.*           replicas: make_strategy.num_cpu_replicas = 2
@@ -17,6 +20,10 @@ Binding names, by what they configure:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
+
 import gin
 import keras
 
@@ -24,38 +31,27 @@ from keras_largebatch import schedules
 from keras_largebatch.data import augment, sources
 from keras_largebatch.models import registry
 from keras_largebatch.optimizers import LARS, BAMomentum
-from keras_largebatch.training import loop, optimizer_factory, strategy
+from keras_largebatch.training import loop, strategy
+from keras_largebatch.training.components import Components
 
 SCHEDULES = ("Constant", "LinearWarmup", "PolynomialDecay", "StepDecay", "BatchScaled",
              "BatchScheduleMultiplier", "FixedBatch", "PiecewiseBatch", "AdaBatch")
+# train() arguments main passes itself; not bindable from a config.
+NOT_BINDABLE = ("run_dir", "overwrite", "config_text", "operative_config", "strategy",
+                "components", "signals", "dry_run")
 
-_registered = False
+
+@dataclasses.dataclass(frozen=True)
+class Configurables:
+    train: Callable
+    components: Components
 
 
-def register_configurables() -> None:
-    """Make every experiment choice a gin binding (idempotent)."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
-
-    loop.train = gin.external_configurable(loop.train, name="train")
-    strategy.make_strategy = gin.external_configurable(strategy.make_strategy,
-                                                       name="make_strategy")
-    loop.make_strategy = strategy.make_strategy
-
-    for name, fn in list(sources.SOURCES.items()):
-        sources.SOURCES[name] = gin.external_configurable(fn, name=name, module="data")
-    for name in registry.model_names():
-        registry._BUILDERS[name] = gin.external_configurable(
-            registry._BUILDERS[name], name=name, module="models")
-
+@functools.cache
+def register_configurables() -> Configurables:
+    """Register every experiment choice with gin, once per process; what main calls."""
     sgd = gin.external_configurable(keras.optimizers.SGD, module="keras.optimizers")
     adam = gin.external_configurable(keras.optimizers.Adam, module="keras.optimizers")
-    # 'sgd' is plain SGD whatever SGD.momentum says (as 'ba_sgd' is BA with rho = 0), so one
-    # config can bind SGD.momentum = 0.9 and compare 'momentum' with 'sgd' by name alone.
-    optimizer_factory.register_optimizer("sgd", lambda **kw: sgd(**{**kw, "momentum": 0.0}))
-    optimizer_factory.register_optimizer("adam", adam)
 
     def momentum(**kw):
         """SGD with SGD.momentum if bound, else 0.9 (an explicit argument would beat gin)."""
@@ -65,17 +61,30 @@ def register_configurables() -> None:
             kw["momentum"] = 0.9
         return sgd(**kw)
 
-    optimizer_factory.register_optimizer("momentum", momentum)
-    optimizer_factory.register_optimizer(
-        "lars", gin.external_configurable(LARS, module="keras_largebatch.optimizers"))
     ba = gin.external_configurable(BAMomentum, module="keras_largebatch.optimizers")
-    optimizer_factory.register_optimizer("ba_momentum", ba)
-    optimizer_factory.register_optimizer(
-        "ba_sgd", lambda **kw: ba(**{**kw, "momentum": 0.0}))  # seed 002: rho = 0
-
-    loop.make_augment = gin.external_configurable(augment.make_augment, name="make_augment")
+    optimizers = {
+        # 'sgd' is plain SGD whatever SGD.momentum says (as 'ba_sgd' is BA with rho = 0), so
+        # one config can bind SGD.momentum = 0.9 and compare 'momentum' with 'sgd' by name.
+        "sgd": lambda **kw: sgd(**{**kw, "momentum": 0.0}),
+        "momentum": momentum,
+        "adam": adam,
+        "lars": gin.external_configurable(LARS, module="keras_largebatch.optimizers"),
+        "ba_momentum": ba,
+        "ba_sgd": lambda **kw: ba(**{**kw, "momentum": 0.0}),  # seed 002: rho = 0
+    }
+    components = Components(
+        make_strategy=gin.external_configurable(strategy.make_strategy, name="make_strategy"),
+        sources={name: gin.external_configurable(fn, name=name, module="data")
+                 for name, fn in sources.SOURCES.items()},
+        models={name: gin.external_configurable(fn, name=name, module="models")
+                for name, fn in registry.builders().items()},
+        optimizers=optimizers,
+        make_augment=gin.external_configurable(augment.make_augment, name="make_augment"),
+    )
     for name in SCHEDULES:
         gin.external_configurable(getattr(schedules, name), module="keras_largebatch.schedules")
+    train = gin.external_configurable(loop.train, name="train", denylist=list(NOT_BINDABLE))
+    return Configurables(train=train, components=components)
 
 
 def list_configurables() -> list[str]:

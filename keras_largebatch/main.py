@@ -8,7 +8,7 @@
 Rerunning with the same --run_dir resumes from its latest checkpoint. Bad input ends with one
 line on stderr naming the value and the fix, exit status 2, and no change to the run dir.
 Other exit statuses: 0 completed, 1 crashed, 3 diverged, 128+N stopped by signal N after saving
-a checkpoint (SIGTERM 143, SIGINT 130; rerun to resume) - see training/interrupt.py.
+a checkpoint (SIGTERM 143, SIGINT 130; rerun to resume) - see training/signals.py.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def main(argv: list[str]) -> None:
 
     from keras_largebatch import config
     from keras_largebatch.errors import UserInputError
-    from keras_largebatch.training import interrupt, loop
+    from keras_largebatch.training.signals import SignalCatcher, exit_status
 
-    config.register_configurables()
+    configured = config.register_configurables()
     if FLAGS.list_configurables:
         print("\n".join(config.list_configurables()))
         return
@@ -66,17 +66,19 @@ def main(argv: list[str]) -> None:
     name = os.path.splitext(os.path.basename(gin_files[-1]))[0]
     run_dir = FLAGS.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        with interrupt.graceful_signals():  # SIGTERM/SIGINT: checkpoint at a step boundary
-            result = loop.train(run_dir=run_dir, overwrite=FLAGS.overwrite,
-                                dry_run=FLAGS.dry_run, config_text=gin.config_str(),
-                                operative_config=gin.operative_config_str)
+        catcher = SignalCatcher()
+        with catcher.installed():  # SIGTERM/SIGINT: checkpoint at a step boundary
+            result = configured.train(run_dir=run_dir, overwrite=FLAGS.overwrite,
+                                      dry_run=FLAGS.dry_run, config_text=gin.config_str(),
+                                      operative_config=gin.operative_config_str,
+                                      components=configured.components, signals=catcher)
         if FLAGS.dry_run:
             print(result)
     except UserInputError as e:
         _fail(e.line)
     except TypeError as e:  # a binding of the wrong type reaching a library function
         _fail(f"bad value in the gin config: {str(e).splitlines()[0]}")
-    sys.exit(interrupt.exit_status(result))  # 0 done, 3 diverged, 128+N interrupted by N
+    sys.exit(exit_status(result))  # 0 done, 3 diverged, 128+N interrupted by N
 
 
 def run() -> None:

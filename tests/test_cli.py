@@ -53,7 +53,7 @@ def test_killed_run_resumes_at_the_right_epoch_and_phase(tmp_path):
                 "--gin_bindings=AdaBatch.interval_epochs = 1",        # then 512: 23 updates
                 "--gin_bindings=AdaBatch.lr_decay = 0.5"]
     args = [*TINY, *QUICK, *adabatch, f"--run_dir={run_dir}"]
-    killed = run_cli(*args, env={"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": str(46 + 10)})
+    killed = run_cli(*args, faults=[f"kill_at_step={46 + 10}"])
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL inside phase 2
     first_epoch = json.loads((run_dir / "history.json").read_text())
     assert [e["epoch"] for e in first_epoch] == [1]

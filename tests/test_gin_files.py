@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from keras_largebatch import config
-from keras_largebatch.training import loop, optimizer_factory
+from keras_largebatch.training import optimizer_factory
 
 REPO = Path(__file__).resolve().parents[1]
 GIN_FILES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "gin").rglob("*.gin")
@@ -30,6 +30,12 @@ def _overrides(text: str) -> tuple[list[str], int]:
     if "cifar" in text:
         return CIFAR
     return [], 0
+
+
+def _train(**kwargs) -> dict:
+    """`train` as main calls it: the gin-configurable one, with gin-configurable components."""
+    configured = config.register_configurables()
+    return configured.train(components=configured.components, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +61,7 @@ def test_gin_file_parses_and_builds(gin_file, tmp_path):
     overrides, mock_examples = _overrides(text)
     gin.parse_config_files_and_bindings([str(REPO / gin_file)], overrides)
     with tfds.testing.mock_data(num_examples=mock_examples or 1):
-        summary = loop.train(run_dir=str(tmp_path / "run"), dry_run=True, verbose=False)
+        summary = _train(run_dir=str(tmp_path / "run"), dry_run=True, verbose=False)
     assert summary["status"] == "dry_run" and summary["parameters"] > 0
     assert summary["phases"] and summary["learning_rate"] >= 0  # warmups may start at 0
     assert not (tmp_path / "run").exists()
@@ -73,7 +79,7 @@ def test_study_file_expands_and_its_runs_build(study_file, tmp_path):
         gin.clear_config()
         files = [str(REPO / f) for f in run.gin_files]
         gin.parse_config_files_and_bindings(files, list(run.bindings))
-        summary = loop.train(run_dir=str(tmp_path / run.name), dry_run=True, verbose=False)
+        summary = _train(run_dir=str(tmp_path / run.name), dry_run=True, verbose=False)
         assert summary["status"] == "dry_run"
 
 
@@ -89,5 +95,6 @@ def test_optimizer_names_mean_what_they_say(bindings, name, expected):
     """Seed 002 compares "-SGD" with "-Momentum" runs of one config by train.optimizer alone
     (gin/studies/ba_momentum.gin); a bound SGD.momentum must not turn 'sgd' into momentum."""
     gin.parse_config_files_and_bindings([], bindings)
-    optimizer = optimizer_factory.create_optimizer(name, learning_rate=0.1)
+    optimizer = optimizer_factory.create_optimizer(
+        name, learning_rate=0.1, optimizers=config.register_configurables().components.optimizers)
     assert optimizer.momentum == expected

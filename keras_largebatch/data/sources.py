@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -214,10 +214,15 @@ SOURCES: dict[str, Callable[..., DataSource]] = {
 }
 
 
-def get_source(name: str, **options) -> DataSource:
-    """Load the data source `name` (see the table in this module's docstring)."""
-    if name not in SOURCES:
+def get_source(name: str, *, sources: Mapping[str, Callable[..., DataSource]] | None = None,
+               **options) -> DataSource:
+    """Load the data source `name` (see the table in this module's docstring).
+
+    `sources` replaces the table `SOURCES` (keras_largebatch/config.py passes gin-configurable
+    versions of the same functions)."""
+    sources = SOURCES if sources is None else sources
+    if name not in sources:
         raise UserInputError(
-            f"unknown dataset {name!r}; choose one of {', '.join(sorted(SOURCES))}"
+            f"unknown dataset {name!r}; choose one of {', '.join(sorted(sources))}"
         )
-    return SOURCES[name](**options)
+    return sources[name](**options)

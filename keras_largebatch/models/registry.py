@@ -7,7 +7,7 @@ from the data source, so the same name works on Fashion-MNIST, CIFAR and ImageNe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import keras
 
@@ -33,12 +33,21 @@ def model_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def builders() -> dict[str, ModelBuilder]:
+    """A copy of the table name -> builder (keras_largebatch/config.py wraps each for gin)."""
+    return dict(_BUILDERS)
+
+
 def build_model(
-    name: str, *, input_shape: tuple[int, ...], num_classes: int, **options
+    name: str, *, input_shape: tuple[int, ...], num_classes: int,
+    builders: Mapping[str, ModelBuilder] | None = None, **options
 ) -> keras.Model:
-    """Build the registered network `name` for the given input shape and class count."""
-    if name not in _BUILDERS:
+    """Build the registered network `name` for the given input shape and class count.
+
+    `builders` replaces the registered table (e.g. by gin-configurable versions of it)."""
+    table = _BUILDERS if builders is None else builders
+    if name not in table:
         raise UserInputError(
-            f"unknown model {name!r}; choose one of {', '.join(model_names())}"
+            f"unknown model {name!r}; choose one of {', '.join(sorted(table))}"
         )
-    return _BUILDERS[name](input_shape=tuple(input_shape), num_classes=num_classes, **options)
+    return table[name](input_shape=tuple(input_shape), num_classes=num_classes, **options)

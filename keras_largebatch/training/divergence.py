@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
 
 MODES = ("stop", "restore")
@@ -60,15 +60,15 @@ class DivergenceGuard:
         if on_divergence not in MODES:
             raise UserInputError(f"train.on_divergence must be 'stop' or 'restore'; got "
                                  f"{on_divergence!r}")
-        if loss_upper_bound is not None and not (_is_real(loss_upper_bound)
+        if loss_upper_bound is not None and not (validate.is_real(loss_upper_bound)
                                                  and math.isfinite(loss_upper_bound)
                                                  and loss_upper_bound > 0):
             raise UserInputError(f"train.loss_upper_bound must be a positive number or None; got "
                                  f"{loss_upper_bound!r}")
-        if not (_is_real(lr_factor) and 0 < lr_factor < 1):
+        if not (validate.is_real(lr_factor) and 0 < lr_factor < 1):
             raise UserInputError(f"train.divergence_lr_factor must be in (0, 1), e.g. 0.5; got "
                                  f"{lr_factor!r}")
-        if not (_is_real(max_restores) and float(max_restores) == int(max_restores)
+        if not (validate.is_real(max_restores) and float(max_restores) == int(max_restores)
                 and max_restores >= 0):
             raise UserInputError(f"train.max_restores must be an integer >= 0; got "
                                  f"{max_restores!r}")
@@ -119,6 +119,3 @@ class DivergenceGuard:
                 or [tf.constant(True)]))
 
         return lambda: bool(all_finite())
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)

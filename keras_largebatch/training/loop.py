@@ -1,116 +1,47 @@
-"""The framework's training loop: `train(run_dir=..., ...)`, read top-down.
+"""The framework's training loop, read top-down: `train(run_dir=..., epochs=..., ...)`.
 
     python -m keras_largebatch.main --gin_file=gin/experiments/<x>.gin --run_dir=runs/x
 
-Sections: arguments -> strategy -> data -> batch phases -> model and optimizer -> run dir ->
-checkpoint restore -> epochs (phase switch, compiled step, progress bar, evaluation,
-TensorBoard, checkpoint) -> results.json. Every schedule is keyed on the fractional epoch in
-`Progress` (DESIGN.md), so a new batch size only means a new input pipeline: the compiled step
-is reused (see step.py).
+`train()` takes the flat names users bind (`train.epochs`, `train.batch_size`, ...), groups and
+checks them (run_config.py) and calls `run()`, whose sections are: set-up (checks, seeds) ->
+strategy and data -> batch phases and learning rate -> model, optimizer, train step -> run
+directory and restore -> actions -> epochs -> results.json.
+
+Progress is counted in epochs, not steps: every schedule reads the fractional epoch in
+`Progress` (schedules/progress.py), because steps per epoch change whenever the batch size does.
+A new batch phase therefore only means a new input pipeline; the compiled step is reused
+(steps/train_step.py). Nothing is written before every check has passed.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_largebatch.data import DataSource, check_batch_size, eval_dataset, get_source
-from keras_largebatch.data.augment import make_augment
-from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn, train_eval_dataset
-from keras_largebatch.errors import UserInputError
-from keras_largebatch.models import build_model
-from keras_largebatch.optimizers.ba_momentum import BAMomentum
+from keras_largebatch.data import DataSource, eval_dataset, get_source
+from keras_largebatch.data.pipeline import train_eval_dataset
 from keras_largebatch.optimizers.lars_callback import find_lars
-from keras_largebatch.schedules import (
-    BatchScaled,
-    BatchSchedule,
-    BatchScheduleMultiplier,
-    FixedBatch,
-)
+from keras_largebatch.training import build
 from keras_largebatch.training import run_dir as rundir
-from keras_largebatch.training.accumulation import plan_micro_batches
+from keras_largebatch.training.actions import Stop
+from keras_largebatch.training.actions.checkpoint import PeriodicCheckpoint
+from keras_largebatch.training.actions.divergence import DivergenceCheck
+from keras_largebatch.training.actions.preemption import PreemptionCheckpoint
+from keras_largebatch.training.actions.step_summaries import StepSummaries
 from keras_largebatch.training.ba_step import BAChunkStep
-from keras_largebatch.training.checkpointing import ROLLBACK, STOP, RunKeeper, check_every_steps
+from keras_largebatch.training.checkpoint import Checkpointer
+from keras_largebatch.training.components import Components
 from keras_largebatch.training.divergence import DivergenceGuard
-from keras_largebatch.training.inputs import epoch_inputs, release_in_background
-from keras_largebatch.training.metrics import RunningMetrics, example_stats
-from keras_largebatch.training.optimizer_factory import create_optimizer
+from keras_largebatch.training.epoch import EpochRunner
 from keras_largebatch.training.progress import default_progress
-from keras_largebatch.training.step import TrainStep, per_example_loss_fn
-from keras_largebatch.training.strategy import is_chief, make_strategy
+from keras_largebatch.training.run_config import RunConfig
+from keras_largebatch.training.signals import SignalCatcher
+from keras_largebatch.training.strategy import is_chief
 from keras_largebatch.training.summaries import Summaries
-
-
-def resolve_learning_rate(learning_rate, batch_schedule: BatchSchedule, phases: list, *,
-                          lr_scaling: str, lr_reference_batch_size: int):
-    """The schedule the optimizer sees: base LR x batch scaling rule x batch-phase multiplier.
-
-    `lr_scaling` "linear"/"sqrt" makes `learning_rate` the LR at `lr_reference_batch_size`
-    (reference 1 + linear = seed 001's base LR eta~ = eta/m). The batch schedule's LR multiplier
-    (AdaBatch's decay) is applied unless `learning_rate` already composes it.
-    """
-    schedule = learning_rate
-    if lr_scaling != "none":
-        schedule = BatchScaled(schedule, batch_schedule, lr_reference_batch_size, lr_scaling)
-    if not isinstance(learning_rate, BatchScheduleMultiplier) and any(
-        p.lr_multiplier != 1.0 for p in phases
-    ):
-        schedule = BatchScheduleMultiplier(schedule, batch_schedule)
-    return schedule
-
-
-def _check_ba_settings(opt: BAMomentum, *, batch_size, batch_schedule, repeats,
-                       max_per_replica_batch, adapt_grad_norm_every) -> None:
-    """BA-Momentum feeds chunks of m0 = min_increment: other batch mechanisms do not apply."""
-    if batch_schedule is not None:
-        raise UserInputError("train.batch_schedule cannot be used with optimizer 'ba_momentum'"
-                             " (it chooses each batch itself); remove train.batch_schedule")
-    if batch_size != opt.min_increment:
-        raise UserInputError(f"train.batch_size = {batch_size} must equal "
-                             f"BAMomentum.min_increment = {opt.min_increment} (the chunk size "
-                             f"the batch grows by); set both to the same value")
-    for name, value, off in (("repeats", repeats, 1),
-                             ("max_per_replica_batch", max_per_replica_batch, None),
-                             ("adapt_grad_norm_every", adapt_grad_norm_every, None)):
-        if value != off:
-            raise UserInputError(f"train.{name} = {value!r} is not supported with optimizer "
-                                 f"'ba_momentum'; remove it")
-
-
-def _positive(name: str, value, kind=float) -> None:
-    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value) == int(value)
-    if not ok or not math.isfinite(float(value)) or value <= 0:
-        raise UserInputError(f"train.{name} must be a positive {kind.__name__}; got {value!r}")
-
-
-def _evaluate_fn(model: keras.Model):
-    loss_fn = per_example_loss_fn()
-
-    @tf.function
-    def evaluate_batch(images, labels):
-        logits = model(images, training=False)
-        return example_stats(labels, logits, loss_fn(labels, logits))
-
-    def evaluate(dataset) -> dict[str, float]:
-        totals = np.zeros(3)
-        for images, labels in dataset:
-            totals += [float(t) for t in evaluate_batch(images, labels)]
-        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
-
-    return evaluate
-
-
-def _current_lr(optimizer) -> float:
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
 def train(
@@ -143,11 +74,14 @@ def train(
     loss_upper_bound: float | None = None,
     divergence_lr_factor: float = 0.5,
     max_restores: int = 3,
+    extra_actions: Sequence = (),
     overwrite: bool = False,
     verbose: bool = True,
     config_text: str = "",
     operative_config: Callable[[], str] | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    components: Components | None = None,
+    signals: SignalCatcher | None = None,
     dry_run: bool = False,
 ) -> dict:
     """Train `model` on `dataset`; write TensorBoard, checkpoints and results.json to run_dir.
@@ -162,235 +96,167 @@ def train(
     "sqrt" scales it with the phase's batch relative to `lr_reference_batch_size`. A per-replica
     batch above `max_per_replica_batch` is split into equal micro-batches whose gradients are
     accumulated into one update. `eval_train_set` also evaluates the loss on the whole training
-    set each epoch (seed 002's training-loss curves). Returns the results dict. `dry_run`
-    validates and builds everything (data, phases, model, optimizer, schedules), writes nothing
-    and returns a summary.
+    set each epoch (seed 002's training-loss curves). `extra_actions` run after every update
+    (training/actions/). Returns the results dict. `dry_run` validates and builds everything
+    (data, phases, model, optimizer, schedules), writes nothing and returns a summary.
 
     Checkpoints every `checkpoint_every_steps` updates and every epoch; rerunning resumes
-    exactly (bitwise with `deterministic`, see checkpointing.py). A non-finite loss, or one
+    exactly (bitwise with `deterministic`, see checkpoint.py). A non-finite loss, or one
     above `loss_upper_bound`, stops the run or (`on_divergence="restore"`) rolls back to the
     last checkpoint with the LR x `divergence_lr_factor`, at most `max_restores` times
-    (divergence.py).
+    (divergence.py). `signals` (main.py installs one) turns SIGTERM/SIGINT into a checkpoint
+    and a clean stop.
     """
-    # ---- Arguments --------------------------------------------------------------------------
-    _positive("epochs", epochs, int)
-    _positive("batch_size", batch_size, int)
-    if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-        _positive("learning_rate", learning_rate)
-    check_every_steps(checkpoint_every_steps)
-    guard = DivergenceGuard(on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,
-                            lr_factor=divergence_lr_factor, max_restores=max_restores)
-    if deterministic:
+    config = RunConfig.from_train_args(
+        dataset=dataset, model=model, model_options=model_options, optimizer=optimizer,
+        learning_rate=learning_rate, batch_size=batch_size, batch_schedule=batch_schedule,
+        epochs=epochs, seed=seed, repeats=repeats, augment=augment,
+        log_gradient_norm=log_gradient_norm, adapt_grad_norm_every=adapt_grad_norm_every,
+        max_per_replica_batch=max_per_replica_batch, lr_scaling=lr_scaling,
+        lr_reference_batch_size=lr_reference_batch_size, jit_compile=jit_compile,
+        eval_batch_size=eval_batch_size, eval_train_set=eval_train_set,
+        log_every_steps=log_every_steps, checkpoints_to_keep=checkpoints_to_keep,
+        checkpoint_every_steps=checkpoint_every_steps, deterministic=deterministic,
+        on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,
+        divergence_lr_factor=divergence_lr_factor, max_restores=max_restores, verbose=verbose,
+        extra_actions=extra_actions)
+    return run(config, run_dir=run_dir, overwrite=overwrite, config_text=config_text,
+               operative_config=operative_config, strategy=strategy,
+               components=components or Components(), signals=signals or SignalCatcher(),
+               dry_run=dry_run)
+
+
+def run(config: RunConfig, *, run_dir: str, components: Components, signals: SignalCatcher,
+        overwrite: bool = False, config_text: str = "",
+        operative_config: Callable[[], str] | None = None,
+        strategy: tf.distribute.Strategy | None = None, dry_run: bool = False) -> dict:
+    """Train as `config` says (see `train`); returns the results dict."""
+    o, ckpt, verbose = config.optimization, config.checkpointing, config.logging.verbose
+    # ---- Set-up: checks first, then seeds ---------------------------------------------------
+    guard = DivergenceGuard(on_divergence=ckpt.on_divergence,
+                            loss_upper_bound=ckpt.loss_upper_bound,
+                            lr_factor=ckpt.divergence_lr_factor, max_restores=ckpt.max_restores)
+    if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(config.seed)
 
     # ---- Strategy and data ------------------------------------------------------------------
-    strategy = strategy or make_strategy()
+    strategy = strategy or components.make_strategy()
     replicas = strategy.num_replicas_in_sync
-    source = dataset if isinstance(dataset, DataSource) else get_source(dataset)
-    user_batch_schedule = batch_schedule
-    if batch_schedule is None:
-        batch_schedule = FixedBatch(batch_size)
-    phases = batch_schedule.phases(epochs)
-    for p in phases:
-        check_batch_size(p.batch_size, replicas, source.num_train)
-        check_batch_size(p.batch_size * repeats, replicas, source.num_train * repeats,
-                         what="effective batch (batch_size x repeats)")
-        if max_per_replica_batch:
-            plan_micro_batches(p.batch_size * repeats // replicas, max_per_replica_batch)
-    learning_rate = resolve_learning_rate(learning_rate, batch_schedule, phases,
-                                          lr_scaling=lr_scaling,
-                                          lr_reference_batch_size=lr_reference_batch_size)
+    source = (config.data.dataset if isinstance(config.data.dataset, DataSource)
+              else get_source(config.data.dataset, sources=components.sources))
 
-    # ---- Model and optimizer ----------------------------------------------------------------
+    # ---- Batch phases and the learning rate -------------------------------------------------
+    phases = build.plan_phases(config, source, replicas)
+    learning_rate = build.resolve_learning_rate(
+        o.learning_rate, build.batch_schedule_of(config), phases, lr_scaling=o.lr_scaling,
+        lr_reference_batch_size=o.lr_reference_batch_size)
+
+    # ---- Model, optimizer, train step -------------------------------------------------------
     progress = default_progress()
-    with strategy.scope():
-        net = build_model(model, input_shape=source.input_shape,
-                          num_classes=source.num_classes, **(model_options or {}))
-        opt = create_optimizer(optimizer, learning_rate=guard.wrap_learning_rate(learning_rate))
-        opt.build(net.trainable_variables)
-        metrics = RunningMetrics()
-    if isinstance(augment, str):  # a policy name (data/augment.py); options are gin bindings
-        augment = make_augment(augment, input_shape=source.input_shape, mean=source.mean)
-    if isinstance(opt, BAMomentum):  # seed 002: the optimizer picks each update's batch
-        _check_ba_settings(opt, batch_size=batch_size, batch_schedule=user_batch_schedule,
-                           repeats=repeats, max_per_replica_batch=max_per_replica_batch,
-                           adapt_grad_norm_every=adapt_grad_norm_every)
-        if opt.dataset_size is None:
-            opt.dataset_size = source.num_train
-        step = BAChunkStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
-                           metrics=metrics)
-    else:
-        step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
-                         metrics=metrics, repeats=repeats, jit_compile=jit_compile,
-                         max_per_replica_batch=max_per_replica_batch,
-                         gradient_norm=log_gradient_norm or bool(adapt_grad_norm_every),
-                         adapt_grad_norm_every=adapt_grad_norm_every)
-    lars = find_lars(opt)
-    evaluate = _evaluate_fn(net)
-    test_data = eval_dataset(source, batch_size=eval_batch_size)
-    train_data = (train_eval_dataset(source, batch_size=eval_batch_size) if eval_train_set
-                  else None)
-
+    parts = build.build_parts(config, components, strategy, source, progress,
+                              learning_rate=learning_rate, guard=guard)
+    evaluate = build.evaluate_fn(parts.model)
+    test_data = eval_dataset(source, batch_size=config.data.eval_batch_size)
+    train_data = (train_eval_dataset(source, batch_size=config.data.eval_batch_size)
+                  if config.data.eval_train_set else None)
     if dry_run:
-        return {"status": "dry_run", "dataset": source.name, "model": model,
-                "parameters": int(net.count_params()), "optimizer": type(opt).__name__,
-                "replicas": replicas, "learning_rate": _current_lr(opt),
+        return {"status": "dry_run", "dataset": source.name, "model": o.model,
+                "parameters": int(parts.model.count_params()),
+                "optimizer": type(parts.optimizer).__name__, "replicas": replicas,
+                "learning_rate": build.current_lr(parts.optimizer),
                 "phases": [(p.start_epoch, p.end_epoch, p.batch_size, p.lr_multiplier)
                            for p in phases]}
 
-    # ---- Run directory (nothing is written before all checks above passed) -----------------
+    # ---- Run directory and restore (nothing is written before the checks above) ------------
     chief = is_chief()
     rundir.check_compatible(run_dir, config_text, overwrite=overwrite)
-    keeper = RunKeeper(run_dir=run_dir, model=net, optimizer=opt, progress=progress,
-                       metrics=metrics, guard=guard, strategy=strategy, chief=chief, step=step,
-                       epochs=epochs, every_steps=checkpoint_every_steps,
-                       log_every_steps=log_every_steps, keep=checkpoints_to_keep,
-                       overwrite=overwrite, verbose=verbose)
-
-    # ---- Restore (checkpointing.py: what a checkpoint holds; refused before any write) ----
-    start_epoch, skip_steps = keeper.restore()
-    history = keeper.history  # per-epoch records, restored with the checkpoint
+    checkpointer = Checkpointer(
+        run_dir=run_dir, model=parts.model, optimizer=parts.optimizer, progress=progress,
+        metrics=parts.metrics, strategy=strategy, chief=chief, step=parts.step,
+        lr_multiplier=guard.lr_multiplier, keep=ckpt.keep, overwrite=overwrite, verbose=verbose)
+    position = checkpointer.restore()  # refused (UserInputError) before any write
     if chief:
         rundir.prepare(run_dir, config_text, overwrite=overwrite)
     summaries = Summaries(run_dir, enabled=chief)
-    if isinstance(step, BAChunkStep):
-        step.summary_writer = summaries.writer  # per-update ba/* scalars, written in-graph
-    keeper.start(summaries)
+    if isinstance(parts.step, BAChunkStep):
+        parts.step.summary_writer = summaries.writer  # per-update ba/* scalars, in-graph
     if config_text:
         summaries.text("config", config_text)
     if operative_config is not None:
         summaries.text("operative_config", operative_config())
 
+    # ---- Actions after every update (training/actions/) -------------------------------------
+    divergence = DivergenceCheck(
+        guard, checkpointer, metrics=parts.metrics, progress=progress,
+        variables=[*parts.model.variables, *parts.optimizer.variables],
+        log_every_steps=config.logging.every_steps, summaries=summaries)
+    actions = [
+        StepSummaries(summaries, metrics=parts.metrics, progress=progress,
+                      current_lr=lambda: build.current_lr(parts.optimizer),
+                      batch_size=lambda epoch: phase_of(phases, epoch).batch_size,
+                      log_every_steps=config.logging.every_steps),
+        *config.extra_actions,
+        divergence,
+        PeriodicCheckpoint(checkpointer, divergence, ckpt.every_steps),
+        PreemptionCheckpoint(signals, checkpointer, divergence, epochs=o.epochs),
+    ]
+    if guard.mode == "restore" and checkpointer.last_saved is None:
+        checkpointer.save(0)  # a checkpoint to roll back to before the first one is due
+
     # ---- Train ------------------------------------------------------------------------------
+    runner = EpochRunner(config=config, strategy=strategy, source=source, parts=parts,
+                         progress=progress, checkpointer=checkpointer, summaries=summaries,
+                         actions=actions, evaluate=evaluate, test_data=test_data,
+                         train_data=train_data, lars=find_lars(parts.optimizer))
     wall_start = time.perf_counter()
-    updates = keeper.updates  # global steps done (updates; BA-Momentum: chunks), restored
-    for phase_index, phase in enumerate(phases):
-        if phase.end_epoch <= start_epoch:
+    stop: Stop | None = None
+    for index, phase in enumerate(phases):
+        if phase.end_epoch <= position.epoch or stop is not None:
             continue
-        steps = steps_per_epoch(source.num_train, phase.batch_size)
-        if phase_index and phase.start_epoch >= start_epoch and verbose:
-            print(f"Phase {phase_index}: global batch {phase.batch_size} from epoch "
+        if index and phase.start_epoch >= position.epoch and verbose:
+            print(f"Phase {index}: global batch {phase.batch_size} from epoch "
                   f"{phase.start_epoch}", flush=True)
-        summaries.text("events", f"phase {phase_index}: batch {phase.batch_size}, lr x"
+        summaries.text("events", f"phase {index}: batch {phase.batch_size}, lr x"
                        f"{phase.lr_multiplier} from epoch {phase.start_epoch}",
                        step=phase.start_epoch)
-        for epoch in range(max(phase.start_epoch, start_epoch), phase.end_epoch):
-            skip = skip_steps if epoch == start_epoch else 0
-            if not skip:
-                metrics.reset()
-                step.reset_epoch()
-            progress.begin_epoch(epoch, steps, skip)
-
-            def epoch_input(skip, phase=phase, epoch=epoch):
-                return epoch_inputs(strategy, train_dataset_fn(
-                    source, global_batch_size=phase.batch_size, epoch=epoch, seed=seed,
-                    skip_steps=skip, repeats=repeats, augment=augment))
-
-            inputs = epoch_input(skip)
-            bar = keras.utils.Progbar(steps, verbose=1 if sys.stdout.isatty() else 2,
-                                      stateful_metrics=["loss", "accuracy"])
-            if verbose:
-                print(f"Epoch {epoch + 1}/{epochs} (global batch {phase.batch_size}, "
-                      f"{steps} steps)", flush=True)
-            # the LR in force at the epoch's first update
-            epoch_lr = keeper.begin_epoch(skip, lambda: _current_lr(opt))
-            epoch_start = time.perf_counter()
-            bar_every = max(1, steps // 40)
-            i = skip
-            while i < steps:
-                step(inputs["iterator"])
-                updates, i = updates + 1, i + 1
-                if updates % log_every_steps == 0:
-                    r = metrics.result()
-                    summaries.scalars({"step/loss": r["loss"],
-                                       "step/learning_rate": _current_lr(opt),
-                                       "step/batch_size": phase.batch_size},
-                                      step=int(progress.samples_seen.numpy()))
-                if verbose and (i % bar_every == 0 or i == steps):
-                    bar.update(i, list(metrics.result().items()))
-                action = keeper.after_update(updates, epoch=epoch, step=i, steps=steps)
-                if action == STOP:
-                    break
-                if action == ROLLBACK:  # diverged: back to the last checkpoint (this epoch)
-                    updates, i = keeper.resume_update, keeper.resume_step
-                    epoch_lr = keeper.begin_epoch(i, lambda: _current_lr(opt))
-                    release_in_background(inputs)
-                    inputs = epoch_input(i)
-            release_in_background(inputs)  # destroying an iterator can block: see inputs.py
-            if keeper.stopped:
+        for epoch in range(max(phase.start_epoch, position.epoch), phase.end_epoch):
+            position, stop = runner.run(epoch, phase, position)
+            if stop is not None:
                 break
-            epoch_time = time.perf_counter() - epoch_start
-            train_result = metrics.result()
-            test_result = evaluate(test_data)
-            full_train = evaluate(train_data) if train_data is not None else None
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": train_result["loss"],
-                "train_accuracy": train_result["accuracy"],
-                "test_loss": test_result["loss"],
-                "test_accuracy": test_result["accuracy"],
-                "learning_rate": epoch_lr,
-                "batch_size": phase.batch_size,
-                "effective_batch_size": phase.batch_size * repeats,
-                "repeats": repeats,
-                "gradient_norm": metrics.gradient_norm(),
-                **step.epoch_scalars(),
-                **({"full_train_loss": full_train["loss"],
-                    "full_train_accuracy": full_train["accuracy"]} if full_train else {}),
-                "samples_per_second": (steps - skip) * phase.batch_size / epoch_time,
-                "epoch_time_s": epoch_time,
-            }
-            history.append(record)
-            summaries.scalars({
-                "train/loss": record["train_loss"], "train/accuracy": record["train_accuracy"],
-                "test/loss": record["test_loss"], "test/accuracy": record["test_accuracy"],
-                "learning_rate": record["learning_rate"], "batch_size": phase.batch_size,
-                "samples_per_second": record["samples_per_second"],
-                "epoch_time_s": epoch_time,
-                "effective_batch_size": phase.batch_size * repeats, "repeats": repeats,
-                **({"train_full/loss": full_train["loss"],
-                    "train_full/accuracy": full_train["accuracy"]} if full_train else {}),
-                **({"train/gradient_norm": record["gradient_norm"]}
-                   if record["gradient_norm"] is not None else {}),
-                **step.epoch_scalars(),
-                **({"grad_scale": float(step.grad_scale.numpy())}
-                   if adapt_grad_norm_every else {}),
-            }, step=epoch + 1)
-            if lars is not None:
-                summaries.lars_trust_ratios(lars, step=epoch + 1)
-            summaries.flush()
-            if verbose:
-                print(f"  test_loss: {test_result['loss']:.4f} - "
-                      f"test_accuracy: {test_result['accuracy']:.4f}", flush=True)
-            progress.begin_epoch(epoch + 1, steps)
-            keeper.end_epoch(updates, epoch=epoch)  # checkpoint (+ history.json)
-            if keeper.stopped:
-                break
-        if keeper.stopped:
-            break
 
     # ---- Results ----------------------------------------------------------------------------
+    history = checkpointer.history
     test_acc = [h["test_accuracy"] for h in history]
+    weights_sha256 = checkpointer.weights_sha256()
     results = {
-        "status": keeper.status,
+        "status": stop.status if stop else "completed",
         "dataset": source.name,
-        "model": model,
-        "optimizer": optimizer,
+        "model": o.model,
+        "optimizer": o.optimizer,
         "replicas": replicas,
         "epochs": history,
         "final_test_accuracy": test_acc[-1] if test_acc else None,
         "best_test_accuracy": max(test_acc) if test_acc else None,
         "batch_size_per_epoch": [h["batch_size"] for h in history],
         "wall_time_s": time.perf_counter() - wall_start,
-        "trace_count": step.trace_count,
-        **keeper.results_fields(),
+        "trace_count": parts.step.trace_count,
+        "restores": checkpointer.state.restores,
+        "weights_sha256": weights_sha256,
+        **(stop.fields if stop else {}),
     }
     if chief:
         rundir.write_json_atomic(os.path.join(run_dir, rundir.RESULTS_FILE), results)
-    keeper.finish()  # model.keras on completion; a worker's private checkpoint dir removed
+    checkpointer.finish(completed=stop is None)  # model.keras; a worker's private dir removed
     summaries.flush()
-    if verbose and test_acc:
-        print(f"Final test accuracy: {test_acc[-1]:.4f} (best {max(test_acc):.4f}); "
-              f"results in {os.path.join(run_dir, rundir.RESULTS_FILE)}", flush=True)
+    if verbose:
+        print(f"Final weights sha256: {weights_sha256}", flush=True)
+        if test_acc:
+            print(f"Final test accuracy: {test_acc[-1]:.4f} (best {max(test_acc):.4f}); "
+                  f"results in {os.path.join(run_dir, rundir.RESULTS_FILE)}", flush=True)
     return results
+
+
+def phase_of(phases: list, epoch: int):
+    """The batch phase that contains 0-based `epoch`."""
+    return next(p for p in phases if p.start_epoch <= epoch < p.end_epoch)

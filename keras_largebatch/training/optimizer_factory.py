@@ -1,16 +1,28 @@
 """Optimizers by name: `create_optimizer("lars", learning_rate=...)`.
 
-Each name maps to a Keras 3 optimizer class; its other hyper-parameters are gin bindings on
-the class itself (`LARS.trust_coefficient = 0.001`, `SGD.momentum = 0.9`), see config.py.
+Each name maps to a factory of a Keras 3 optimizer; its other hyper-parameters are gin bindings
+on the class itself (`LARS.trust_coefficient = 0.001`, `SGD.momentum = 0.9`), wired in
+keras_largebatch/config.py, which passes gin-configurable factories as `optimizers=`.
+
+    sgd       SGD without momentum          momentum   SGD, momentum 0.9
+    adam      Adam                          lars       LARS (seed 004)
+    ba_momentum  BA-Momentum (seed 002)     ba_sgd     BA-Momentum with momentum 0 (BA-SGD)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import keras
 
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.optimizers import LARS, BAMomentum
+
+OptimizerFactory = Callable[..., keras.optimizers.Optimizer]
+
+
+def _sgd(**kw):
+    return keras.optimizers.SGD(**{**kw, "momentum": 0.0})
 
 
 def _momentum_sgd(**kw):
@@ -18,21 +30,27 @@ def _momentum_sgd(**kw):
     return keras.optimizers.SGD(**kw)
 
 
-OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
-    "sgd": keras.optimizers.SGD,
+def _ba_sgd(**kw):
+    return BAMomentum(**{**kw, "momentum": 0.0})  # seed 002: rho = 0
+
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": _sgd,
     "momentum": _momentum_sgd,
     "adam": keras.optimizers.Adam,
+    "lars": LARS,
+    "ba_momentum": BAMomentum,
+    "ba_sgd": _ba_sgd,
 }
 
 
-def register_optimizer(name: str, factory: Callable[..., keras.optimizers.Optimizer]) -> None:
-    OPTIMIZERS[name] = factory
-
-
-def create_optimizer(name: str, *, learning_rate) -> keras.optimizers.Optimizer:
+def create_optimizer(name: str, *, learning_rate,
+                     optimizers: Mapping[str, OptimizerFactory] | None = None
+                     ) -> keras.optimizers.Optimizer:
     """Instantiate the optimizer registered as `name` with this learning rate (or schedule)."""
-    if name not in OPTIMIZERS:
+    table = OPTIMIZERS if optimizers is None else optimizers
+    if name not in table:
         raise UserInputError(
-            f"unknown optimizer {name!r}; choose one of {', '.join(sorted(OPTIMIZERS))}"
+            f"unknown optimizer {name!r}; choose one of {', '.join(sorted(table))}"
         )
-    return OPTIMIZERS[name](learning_rate=learning_rate)
+    return table[name](learning_rate=learning_rate)

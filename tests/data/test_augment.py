@@ -16,13 +16,13 @@ import tensorflow as tf
 
 from keras_largebatch.data import DataSource, get_source, train_dataset_fn
 from keras_largebatch.data.augment import make_augment, pad_and_crop
-from keras_largebatch.data.grad_norm import (
+from keras_largebatch.errors import UserInputError
+from keras_largebatch.models import build_model
+from keras_largebatch.training.steps.grad_norm import (
     adapt_grad_norm_scale,
     estimate_grad_norm_scale,
     split_copies,
 )
-from keras_largebatch.errors import UserInputError
-from keras_largebatch.models import build_model
 
 N, S = 600, 8  # examples, image side
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.training.accumulation import (
+from keras_largebatch.training.steps.accumulation import (
     MicroBatchPlan,
     accumulate_gradients,
     plan_micro_batches,

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.optimizers import BAMomentum
-from keras_largebatch.training import optimizer_factory
+from keras_largebatch.training.components import Components
 from keras_largebatch.training.loop import train
 
 from .helpers import fashion_subset
@@ -17,9 +17,10 @@ SMALL = {"filters": (8, 16), "dropout": 0.0}
 
 
 @pytest.fixture
-def ba_registered(monkeypatch):
-    monkeypatch.setitem(optimizer_factory.OPTIMIZERS, "ba_momentum",
-                        lambda **kw: BAMomentum(min_increment=32, max_batch_size=512, **kw))
+def ba_registered():
+    """Components whose 'ba_momentum' grows the batch by 32 up to 512."""
+    return Components().replace(optimizers={
+        "ba_momentum": lambda **kw: BAMomentum(min_increment=32, max_batch_size=512, **kw)})
 
 
 def _tags(run_dir):
@@ -34,7 +35,7 @@ def _tags(run_dir):
 def test_ba_in_the_loop_logs_every_update(tmp_path, two_cpu_strategy, ba_registered):
     results = train(run_dir=str(tmp_path), dataset=fashion_subset(), model_options=SMALL,
                     optimizer="ba_momentum", learning_rate=0.05, batch_size=32, epochs=2,
-                    strategy=two_cpu_strategy, verbose=False)
+                    strategy=two_cpu_strategy, verbose=False, components=ba_registered)
     assert results["trace_count"] == 1
     epochs = results["epochs"]
     updates = sum(e["ba/updates_per_epoch"] for e in epochs)
@@ -56,7 +57,7 @@ def test_ba_rejects_settings_that_do_not_apply(tmp_path, one_cpu_strategy, ba_re
                                                overrides, match):
     kwargs = dict(run_dir=str(tmp_path / "r"), dataset=fashion_subset(), model_options=SMALL,
                   optimizer="ba_momentum", learning_rate=0.05, batch_size=32, epochs=1,
-                  strategy=one_cpu_strategy, verbose=False)
+                  strategy=one_cpu_strategy, verbose=False, components=ba_registered)
     with pytest.raises(UserInputError, match=match):
         train(**{**kwargs, **overrides})
     assert not (tmp_path / "r").exists()

@@ -15,14 +15,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ..cli import REPO, TINY, run_cli
+from ..cli import REPO, TINY, cli_command, run_cli
 
 B = "--gin_bindings="
 # 12000 examples: global batch 64 for 187 updates, then 128 for 93 (AdaBatch), 280 in all.
@@ -67,12 +66,12 @@ def run_workers(run_dir: Path, ports: list[int], logs: Path, *, kill_worker_at: 
         for index in range(len(ports)):
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
                    "TF_CONFIG": tf_config(ports, index)}
-            if kill_worker_at and index == len(ports) - 1:
-                env["KERAS_LARGEBATCH_TEST_KILL_AT_STEP"] = str(kill_worker_at)
+            faults = ([f"kill_at_step={kill_worker_at}"]
+                      if kill_worker_at and index == len(ports) - 1 else [])
             log = open(logs / f"worker{index}.log", "w")  # closed in finally
             outputs.append(log)
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "keras_largebatch.main", *CONFIG, f"--run_dir={run_dir}"],
+                [*cli_command(faults), *CONFIG, f"--run_dir={run_dir}"],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
         if kill_worker_at:
             procs[-1].wait(timeout=TIMEOUT)

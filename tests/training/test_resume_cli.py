@@ -28,23 +28,23 @@ CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 12000", B + "train.epoc
 TWO_REPLICAS = [B + "make_strategy.num_cpu_replicas = 2"]
 WALL_CLOCK = {"epoch_time_s", "samples_per_second", "wall_time_s"}
 
-# (environment hook, expected exit status, text on stdout/stderr, latest checkpoint after it)
+# (faults (tests/faults.py), exit status, text on stdout/stderr, latest checkpoint after it)
 CHAIN_ONE_REPLICA = [
-    ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "25"}, -9, "", "ckpt-20"),  # mid-epoch
-    ({"KERAS_LARGEBATCH_TEST_SIGNAL_AT_STEP": "35:SIGTERM"}, 143,
+    (["kill_at_step=25"], -9, "", "ckpt-20"),  # mid-epoch
+    (["signal_at_step=35:SIGTERM"], 143,
      "interrupted by SIGTERM at epoch 1, step 35", "ckpt-35"),
     # SIGINT on the last update before a phase switch: the epoch's evaluation and checkpoint
     # finish first, the next run starts the new phase.
-    ({"KERAS_LARGEBATCH_TEST_SIGNAL_AT_STEP": "69:SIGINT"}, 130,
+    (["signal_at_step=69:SIGINT"], 130,
      "interrupted by SIGINT at epoch 3, step 0", "ckpt-69"),
-    ({}, 0, "Resuming", "ckpt-80"),
+    ([], 0, "Resuming", "ckpt-80"),
 ]
 CHAIN_TWO_REPLICAS = [
     # Killed while writing ckpt-46, the epoch-end checkpoint at the phase switch 256 -> 512.
-    ({"KERAS_LARGEBATCH_TEST_KILL_IN_SAVE": "46"}, -9, "", "ckpt-40"),
+    (["kill_in_save=46"], -9, "", "ckpt-40"),
     # Resumes before the switch and crosses it again, rewriting the half-written ckpt-46.
-    ({"KERAS_LARGEBATCH_TEST_KILL_AT_STEP": "75"}, -9, "at epoch 1, step 40", "ckpt-70"),
-    ({}, 0, "at epoch 3, step 1", "ckpt-80"),
+    (["kill_at_step=75"], -9, "at epoch 1, step 40", "ckpt-70"),
+    ([], 0, "at epoch 3, step 1", "ckpt-80"),
 ]
 
 
@@ -55,8 +55,8 @@ def _latest(run_dir: Path) -> str | None:
 
 def _run_chain(run_dir: Path, extra: list[str], chain: list) -> list:
     log = []
-    for env, code, text, latest in chain:
-        proc = run_cli(*CONFIG, *extra, f"--run_dir={run_dir}", env=env)
+    for faults, code, text, latest in chain:
+        proc = run_cli(*CONFIG, *extra, f"--run_dir={run_dir}", faults=faults)
         results = run_dir / "results.json"
         status = json.loads(results.read_text())["status"] if results.exists() else None
         log.append((proc, code, text, latest, _latest(run_dir), status))

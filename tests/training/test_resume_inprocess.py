@@ -3,13 +3,16 @@
 one, for BA-Momentum (optimizer chunk state, the BA step's per-epoch sums) on 2 replicas."""
 
 import json
+import signal
 
 import pytest
 
 from keras_largebatch.optimizers import BAMomentum
-from keras_largebatch.training import interrupt, optimizer_factory
+from keras_largebatch.training.components import Components
 from keras_largebatch.training.loop import train
+from keras_largebatch.training.signals import SignalCatcher, exit_status
 
+from ..faults import SignalAtStep
 from .helpers import fashion_subset
 
 WALL_CLOCK = {"epoch_time_s", "samples_per_second", "wall_time_s"}
@@ -22,20 +25,21 @@ def _comparable(results: dict) -> dict:
     return results
 
 
-def test_ba_momentum_stopped_mid_epoch_resumes_exactly(tmp_path, two_cpu_strategy, monkeypatch):
-    monkeypatch.setitem(optimizer_factory.OPTIMIZERS, "ba_momentum",
-                        lambda **kw: BAMomentum(min_increment=32, max_batch_size=512, **kw))
+def test_ba_momentum_stopped_mid_epoch_resumes_exactly(tmp_path, two_cpu_strategy):
+    components = Components().replace(optimizers={
+        "ba_momentum": lambda **kw: BAMomentum(min_increment=32, max_batch_size=512, **kw)})
     kw = dict(dataset=fashion_subset(), model_options={"filters": (8, 16), "dropout": 0.25},
               optimizer="ba_momentum", learning_rate=0.05, batch_size=32, epochs=2,
-              checkpoint_every_steps=0, strategy=two_cpu_strategy, verbose=False)
+              checkpoint_every_steps=0, strategy=two_cpu_strategy, verbose=False,
+              components=components)
     reference = train(run_dir=str(tmp_path / "ref"), **kw)
 
-    monkeypatch.setenv("KERAS_LARGEBATCH_TEST_SIGNAL_AT_STEP", "40:SIGTERM")  # chunk 40 of 64
-    with interrupt.graceful_signals():
-        stopped = train(run_dir=str(tmp_path / "run"), **kw)
-    assert stopped["status"] == "interrupted" and interrupt.exit_status(stopped) == 143
+    catcher = SignalCatcher()  # the graceful path main.py installs
+    with catcher.installed():
+        stopped = train(run_dir=str(tmp_path / "run"), signals=catcher,
+                        extra_actions=[SignalAtStep(40, signal.SIGTERM)], **kw)  # chunk 40/64
+    assert stopped["status"] == "interrupted" and exit_status(stopped) == 143
     assert stopped["epochs"] == []  # stopped inside epoch 1
-    monkeypatch.delenv("KERAS_LARGEBATCH_TEST_SIGNAL_AT_STEP")
     resumed = train(run_dir=str(tmp_path / "run"), **kw)
 
     assert resumed["status"] == "completed"
@@ -47,5 +51,5 @@ def test_ba_momentum_stopped_mid_epoch_resumes_exactly(tmp_path, two_cpu_strateg
 
 @pytest.mark.parametrize("status,code", [("completed", 0), ("diverged", 3), ("dry_run", 0)])
 def test_exit_status(status, code):
-    assert interrupt.exit_status({"status": status}) == code
-    assert interrupt.exit_status({"status": "interrupted", "interrupted_by_signal": 2}) == 130
+    assert exit_status({"status": status}) == code
+    assert exit_status({"status": "interrupted", "interrupted_by_signal": 2}) == 130

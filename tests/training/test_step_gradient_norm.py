@@ -3,7 +3,7 @@
 - `gradient_norm=True` logs ||g|| of the global gradient and leaves the update unchanged
   (all-reduced once here, grads / R to the optimizer), on 1 and 2 replicas.
 - `adapt_grad_norm_every=1` sets grad_scale = mean_j ||g(copy j)|| / ||g(all copies)|| on the
-  batch it then trains on (authors' code, data/grad_norm.py).
+  batch it then trains on (authors' code, training/steps/grad_norm.py).
 """
 
 import keras
@@ -16,7 +16,7 @@ from keras_largebatch.data.augment import make_augment
 from keras_largebatch.models import build_model
 from keras_largebatch.training.metrics import RunningMetrics
 from keras_largebatch.training.progress import Progress
-from keras_largebatch.training.step import TrainStep
+from keras_largebatch.training.steps.train_step import TrainStep
 
 from .helpers import fashion_subset
 

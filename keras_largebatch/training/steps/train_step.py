@@ -18,11 +18,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_largebatch.data.grad_norm import estimate_grad_norm_scale
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.training.accumulation import accumulate_gradients
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.progress import Progress
+from keras_largebatch.training.steps.accumulation import accumulate_gradients
+from keras_largebatch.training.steps.grad_norm import estimate_grad_norm_scale
 
 
 def per_example_loss_fn():
@@ -146,7 +146,7 @@ class TrainStep:
         return grads, norm
 
     def _replica_grad_scale(self, images, labels):
-        """Seed 003 authors' grad_scale on this batch (data/grad_norm.py), global gradients."""
+        """Seed 003 authors' grad_scale on this batch (steps/grad_norm.py), global gradients."""
         replicas = self.strategy.num_replicas_in_sync
         variables = self.model.trainable_variables
         context = tf.distribute.get_replica_context()

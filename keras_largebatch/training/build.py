@@ -1,0 +1,158 @@
+"""Building a run's parts from its config: batch phases, the learning rate the optimizer sees,
+the model, the optimizer, the compiled train step and the evaluation function.
+
+    phases = plan_phases(config, source, replicas)           # checks every phase's batch
+    lr = resolve_learning_rate(config.optimization.learning_rate, schedule, phases, ...)
+    parts = build_parts(config, components, strategy, source, progress, learning_rate=lr)
+
+Everything here raises `UserInputError` for a bad setting before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_largebatch.data import DataSource, check_batch_size
+from keras_largebatch.errors import UserInputError
+from keras_largebatch.models import build_model
+from keras_largebatch.optimizers.ba_momentum import BAMomentum
+from keras_largebatch.schedules import (
+    BatchScaled,
+    BatchSchedule,
+    BatchScheduleMultiplier,
+    FixedBatch,
+)
+from keras_largebatch.training.ba_step import BAChunkStep
+from keras_largebatch.training.components import Components
+from keras_largebatch.training.metrics import RunningMetrics, example_stats
+from keras_largebatch.training.optimizer_factory import create_optimizer
+from keras_largebatch.training.run_config import RunConfig
+from keras_largebatch.training.steps.accumulation import plan_micro_batches
+from keras_largebatch.training.steps.train_step import TrainStep, per_example_loss_fn
+
+
+def batch_schedule_of(config: RunConfig) -> BatchSchedule:
+    """The user's batch schedule, or a fixed batch of `train.batch_size`."""
+    opt = config.optimization
+    return opt.batch_schedule if opt.batch_schedule is not None else FixedBatch(opt.batch_size)
+
+
+def plan_phases(config: RunConfig, source: DataSource, replicas: int) -> list:
+    """The batch phases of the run, each checked against the replicas and the dataset."""
+    repeats, cap = config.data.repeats, config.optimization.max_per_replica_batch
+    phases = batch_schedule_of(config).phases(config.optimization.epochs)
+    for p in phases:
+        check_batch_size(p.batch_size, replicas, source.num_train)
+        check_batch_size(p.batch_size * repeats, replicas, source.num_train * repeats,
+                         what="effective batch (batch_size x repeats)")
+        if cap:
+            plan_micro_batches(p.batch_size * repeats // replicas, cap)
+    return phases
+
+
+def resolve_learning_rate(learning_rate, batch_schedule: BatchSchedule, phases: list, *,
+                          lr_scaling: str, lr_reference_batch_size: int):
+    """The schedule the optimizer sees: base LR x batch scaling rule x batch-phase multiplier.
+
+    `lr_scaling` "linear"/"sqrt" makes `learning_rate` the LR at `lr_reference_batch_size`
+    (reference 1 + linear = seed 001's base LR eta~ = eta/m). The batch schedule's LR multiplier
+    (AdaBatch's decay) is applied unless `learning_rate` already composes it.
+    """
+    schedule = learning_rate
+    if lr_scaling != "none":
+        schedule = BatchScaled(schedule, batch_schedule, lr_reference_batch_size, lr_scaling)
+    if not isinstance(learning_rate, BatchScheduleMultiplier) and any(
+        p.lr_multiplier != 1.0 for p in phases
+    ):
+        schedule = BatchScheduleMultiplier(schedule, batch_schedule)
+    return schedule
+
+
+def check_ba_settings(opt: BAMomentum, config: RunConfig) -> None:
+    """BA-Momentum feeds chunks of m0 = min_increment: other batch mechanisms do not apply."""
+    o = config.optimization
+    if o.batch_schedule is not None:
+        raise UserInputError("train.batch_schedule cannot be used with optimizer 'ba_momentum'"
+                             " (it chooses each batch itself); remove train.batch_schedule")
+    if o.batch_size != opt.min_increment:
+        raise UserInputError(f"train.batch_size = {o.batch_size} must equal "
+                             f"BAMomentum.min_increment = {opt.min_increment} (the chunk size "
+                             f"the batch grows by); set both to the same value")
+    for name, value, off in (("repeats", config.data.repeats, 1),
+                             ("max_per_replica_batch", o.max_per_replica_batch, None),
+                             ("adapt_grad_norm_every", o.adapt_grad_norm_every, None)):
+        if value != off:
+            raise UserInputError(f"train.{name} = {value!r} is not supported with optimizer "
+                                 f"'ba_momentum'; remove it")
+
+
+@dataclasses.dataclass
+class Parts:
+    """What a run trains: model, optimizer, its running metrics, the step and augmentation."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    metrics: RunningMetrics
+    step: TrainStep | BAChunkStep
+    augment: object
+
+
+def build_parts(config: RunConfig, components: Components, strategy: tf.distribute.Strategy,
+                source: DataSource, progress, *, learning_rate, guard) -> Parts:
+    """Model, optimizer and metrics under `strategy.scope()`; the train step for them.
+
+    `guard` (a DivergenceGuard) wraps the learning rate in its roll-back multiplier."""
+    o, data = config.optimization, config.data
+    with strategy.scope():
+        net = build_model(o.model, input_shape=source.input_shape,
+                          num_classes=source.num_classes, builders=components.models,
+                          **(o.model_options or {}))
+        opt = create_optimizer(o.optimizer, learning_rate=guard.wrap_learning_rate(learning_rate),
+                               optimizers=components.optimizers)
+        opt.build(net.trainable_variables)
+        metrics = RunningMetrics()
+    augment = data.augment
+    if isinstance(augment, str):  # a policy name (data/augment.py); options are gin bindings
+        augment = components.make_augment(augment, input_shape=source.input_shape,
+                                          mean=source.mean)
+    if isinstance(opt, BAMomentum):  # seed 002: the optimizer picks each update's batch
+        check_ba_settings(opt, config)
+        if opt.dataset_size is None:
+            opt.dataset_size = source.num_train
+        step = BAChunkStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
+                           metrics=metrics)
+    else:
+        step = TrainStep(model=net, optimizer=opt, strategy=strategy, progress=progress,
+                         metrics=metrics, repeats=data.repeats, jit_compile=o.jit_compile,
+                         max_per_replica_batch=o.max_per_replica_batch,
+                         gradient_norm=config.logging.gradient_norm
+                         or bool(o.adapt_grad_norm_every),
+                         adapt_grad_norm_every=o.adapt_grad_norm_every)
+    return Parts(model=net, optimizer=opt, metrics=metrics, step=step, augment=augment)
+
+
+def evaluate_fn(model: keras.Model):
+    """`evaluate(dataset) -> {"loss", "accuracy"}`: mean over every example, inference mode."""
+    loss_fn = per_example_loss_fn()
+
+    @tf.function
+    def evaluate_batch(images, labels):
+        logits = model(images, training=False)
+        return example_stats(labels, logits, loss_fn(labels, logits))
+
+    def evaluate(dataset) -> dict[str, float]:
+        totals = np.zeros(3)
+        for images, labels in dataset:
+            totals += [float(t) for t in evaluate_batch(images, labels)]
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+
+    return evaluate
+
+
+def current_lr(optimizer) -> float:
+    """The optimizer's learning rate now (a schedule evaluated at the current progress)."""
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -1,0 +1,146 @@
+"""One epoch of the framework loop: its input pipeline, its updates, the actions after each
+update, the evaluation, the epoch's record (history.json, results.json) and its TensorBoard
+scalars.
+
+    runner = EpochRunner(...)                       # training/loop.py builds it once
+    position, stop = runner.run(epoch, phase, position)
+
+Every epoch gets a fresh distributed pipeline (its own seeded permutation, the phase's global
+batch, re-entered at `position.step` when resuming); the compiled step is the same for every
+batch size. After each update the actions run in order (training/actions/); a `Rewind` from
+the divergence roll-back restarts the epoch's input at the restored position, a `Stop` ends it
+at once (no evaluation).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import keras
+
+from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn
+from keras_largebatch.training.actions import Rewind, StepOutput, Stop
+from keras_largebatch.training.build import current_lr
+from keras_largebatch.training.checkpoint import Position
+from keras_largebatch.training.inputs import epoch_inputs, release_in_background
+
+
+class EpochRunner:
+    def __init__(self, *, config, strategy, source, parts, progress, checkpointer, summaries,
+                 actions, evaluate, test_data, train_data, lars):
+        self.config, self.strategy, self.source, self.parts = config, strategy, source, parts
+        self.progress, self.checkpointer, self.summaries = progress, checkpointer, summaries
+        self.actions, self.evaluate, self.lars = list(actions), evaluate, lars
+        self.test_data, self.train_data = test_data, train_data
+        self.verbose = config.logging.verbose
+
+    # ---- the updates ---------------------------------------------------------------------
+    def run(self, epoch: int, phase, position: Position) -> tuple[Position, Stop | None]:
+        """Train epoch `epoch` from `position` (its step, when resuming); evaluate; record."""
+        parts, progress = self.parts, self.progress
+        steps = steps_per_epoch(self.source.num_train, phase.batch_size)
+        skip = position.step if position.epoch == epoch else 0
+        if not skip:
+            parts.metrics.reset()
+            parts.step.reset_epoch()
+        progress.begin_epoch(epoch, steps, skip)
+        inputs = self._inputs(epoch, phase, skip)
+        bar = keras.utils.Progbar(steps, verbose=1 if sys.stdout.isatty() else 2,
+                                  stateful_metrics=["loss", "accuracy"])
+        if self.verbose:
+            print(f"Epoch {epoch + 1}/{self.config.optimization.epochs} (global batch "
+                  f"{phase.batch_size}, {steps} steps)", flush=True)
+        epoch_lr = self._begin(Position(epoch, skip, position.updates))
+        epoch_start = time.perf_counter()
+        bar_every = max(1, steps // 40)
+        updates, i = position.updates, skip
+        while i < steps:
+            parts.step(inputs["iterator"])
+            updates, i = updates + 1, i + 1
+            if self.verbose and (i % bar_every == 0 or i == steps):
+                bar.update(i, list(parts.metrics.result().items()))
+            outcome = self._act(StepOutput(updates=updates, epoch=epoch, step=i, steps=steps))
+            if isinstance(outcome, Stop):
+                release_in_background(inputs)
+                return Position(epoch, i, updates), outcome
+            if isinstance(outcome, Rewind):  # back to a checkpoint of this epoch
+                updates, i = outcome.position.updates, outcome.position.step
+                epoch_lr = self._begin(outcome.position)
+                release_in_background(inputs)
+                inputs = self._inputs(epoch, phase, i)
+        release_in_background(inputs)  # destroying an iterator can block: see inputs.py
+        self._record(epoch, phase, steps, skip, epoch_lr, time.perf_counter() - epoch_start)
+        progress.begin_epoch(epoch + 1, steps)
+        outcome = self._act(StepOutput(updates=updates, epoch=epoch, step=steps, steps=steps,
+                                       epoch_end=True))
+        return Position(epoch + 1, 0, updates), outcome
+
+    def _inputs(self, epoch: int, phase, skip: int) -> dict:
+        data = self.config.data
+        return epoch_inputs(self.strategy, train_dataset_fn(
+            self.source, global_batch_size=phase.batch_size, epoch=epoch,
+            seed=self.config.seed, skip_steps=skip, repeats=data.repeats,
+            augment=self.parts.augment))
+
+    def _begin(self, position: Position) -> float:
+        """Start (or re-enter) the epoch: the actions' windows, and the epoch's LR."""
+        epoch_lr = self.checkpointer.begin_epoch(position,
+                                                 lambda: current_lr(self.parts.optimizer))
+        for action in self.actions:
+            action.begin_epoch(position)
+        return epoch_lr
+
+    def _act(self, out: StepOutput) -> Stop | Rewind | None:
+        for action in self.actions:
+            outcome = action(out)
+            if outcome is not None:
+                return outcome
+        return None
+
+    # ---- the record ----------------------------------------------------------------------
+    def _record(self, epoch: int, phase, steps: int, skip: int, epoch_lr: float,
+                epoch_time: float) -> None:
+        parts, repeats = self.parts, self.config.data.repeats
+        train_result = parts.metrics.result()
+        test_result = self.evaluate(self.test_data)
+        full = self.evaluate(self.train_data) if self.train_data is not None else None
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_result["loss"],
+            "train_accuracy": train_result["accuracy"],
+            "test_loss": test_result["loss"],
+            "test_accuracy": test_result["accuracy"],
+            "learning_rate": epoch_lr,
+            "batch_size": phase.batch_size,
+            "effective_batch_size": phase.batch_size * repeats,
+            "repeats": repeats,
+            "gradient_norm": parts.metrics.gradient_norm(),
+            **parts.step.epoch_scalars(),
+            **({"full_train_loss": full["loss"],
+                "full_train_accuracy": full["accuracy"]} if full else {}),
+            "samples_per_second": (steps - skip) * phase.batch_size / epoch_time,
+            "epoch_time_s": epoch_time,
+        }
+        self.checkpointer.history.append(record)
+        self.summaries.scalars({
+            "train/loss": record["train_loss"], "train/accuracy": record["train_accuracy"],
+            "test/loss": record["test_loss"], "test/accuracy": record["test_accuracy"],
+            "learning_rate": record["learning_rate"], "batch_size": phase.batch_size,
+            "samples_per_second": record["samples_per_second"],
+            "epoch_time_s": epoch_time,
+            "effective_batch_size": phase.batch_size * repeats, "repeats": repeats,
+            **({"train_full/loss": full["loss"],
+                "train_full/accuracy": full["accuracy"]} if full else {}),
+            **({"train/gradient_norm": record["gradient_norm"]}
+               if record["gradient_norm"] is not None else {}),
+            **parts.step.epoch_scalars(),
+            **({"grad_scale": float(parts.step.grad_scale.numpy())}
+               if self.config.optimization.adapt_grad_norm_every else {}),
+        }, step=epoch + 1)
+        if self.lars is not None:
+            self.summaries.lars_trust_ratios(self.lars, step=epoch + 1)
+        self.summaries.flush()
+        if self.verbose:
+            print(f"  test_loss: {test_result['loss']:.4f} - "
+                  f"test_accuracy: {test_result['accuracy']:.4f}", flush=True)

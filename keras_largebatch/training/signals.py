@@ -1,0 +1,90 @@
+"""SIGTERM / SIGINT become a request the loop honours at a step boundary; the exit status.
+
+    catcher = SignalCatcher()
+    with catcher.installed():               # main.py, around train(...)
+        results = train(..., signals=catcher)
+    sys.exit(exit_status(results))
+
+The handler only records the signal in the catcher; the preemption action
+(actions/preemption.py) polls `catcher.received` after every update, saves a checkpoint at that
+step boundary (or, on an epoch's last update, after the epoch's evaluation and checkpoint), and
+the loop writes results.json with status "interrupted" and returns. A second signal while that
+is under way stops the process at once (default action), losing only the steps since the last
+checkpoint.
+
+Exit status of the command line, which the sweep runner and shell scripts can tell apart
+(results.json "status" says the same):
+
+    0           completed
+    1           crashed (Python traceback; results.json not written by this attempt)
+    2           bad input (one line "error: ..."; nothing written)
+    3           diverged (train.on_divergence = 'stop', or restores exhausted)
+    128 + N     interrupted by signal N after saving a checkpoint: 130 SIGINT, 143 SIGTERM;
+                rerun the same command to resume
+
+Under multi-worker training (TF_CONFIG set) no handler is installed: a signal that reaches one
+worker cannot make the others save at the same step without an extra collective per update, so
+each worker keeps the default action and the job resumes from its last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+EXIT_DIVERGED = 3
+SIGNUMS = (signal.SIGTERM, signal.SIGINT)
+
+
+class SignalCatcher:
+    """Holds the first SIGTERM/SIGINT received while `installed()` is active."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def request(self, signum: int) -> None:
+        """Record a stop request (what the handler does; tests may call it directly)."""
+        self.received = signum
+
+    @contextlib.contextmanager
+    def installed(self, enabled: bool = True):
+        """Turn SIGTERM/SIGINT into a request while the block runs (main thread only)."""
+        self.received = None
+        if (not enabled or os.environ.get("TF_CONFIG")
+                or threading.current_thread() is not threading.main_thread()):
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in SIGNUMS}
+
+        def handler(signum, frame):
+            if self.received is not None:  # second signal: stop now
+                for s in SIGNUMS:
+                    signal.signal(s, previous[s])
+                os.kill(os.getpid(), signum)
+                return
+            self.received = signum
+            print(f"received {signal.Signals(signum).name}: saving a checkpoint at the next step "
+                  f"boundary, then exiting (send it again to stop at once)", file=sys.stderr,
+                  flush=True)
+
+        for s in SIGNUMS:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            self.received = None  # honoured by now; a later run in this process starts clean
+            for s in SIGNUMS:
+                signal.signal(s, previous[s])
+
+
+def exit_status(results: dict | None) -> int:
+    """The process exit status for a finished `train(...)` (see the table above)."""
+    status = (results or {}).get("status")
+    if status == "diverged":
+        return EXIT_DIVERGED
+    if status == "interrupted":
+        return 128 + int(results.get("interrupted_by_signal") or signal.SIGTERM)
+    return 0
