@@ -29,7 +29,7 @@ from keras_largebatch.errors import UserInputError
 from keras_largebatch.schedules.learning_rate import progress_module
 
 if TYPE_CHECKING:
-    from keras_largebatch.training.progress import Progress
+    from keras_largebatch.schedules.progress import Progress
 
 
 class ProgressCallback(keras.callbacks.Callback):

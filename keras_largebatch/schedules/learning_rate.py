@@ -65,7 +65,7 @@ from keras_largebatch.schedules.batch import (
 from keras_largebatch.schedules.scaling import check_rule, scale_factor_at
 
 if TYPE_CHECKING:
-    from keras_largebatch.training.progress import Progress
+    from keras_largebatch.schedules.progress import Progress
 
 _register = keras.saving.register_keras_serializable(package="keras_largebatch")
 
@@ -77,7 +77,7 @@ def progress_module():
     at import time: the training loop imports the schedules, and a module-level import here
     would make the two packages' `__init__`s depend on each other's import order.
     """
-    from keras_largebatch.training import progress
+    from keras_largebatch.schedules import progress
 
     return progress
 

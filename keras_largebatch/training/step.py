@@ -20,9 +20,9 @@ import tensorflow as tf
 
 from keras_largebatch.data.grad_norm import estimate_grad_norm_scale
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.accumulation import accumulate_gradients
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
-from keras_largebatch.training.progress import Progress
 
 
 def per_example_loss_fn():
