@@ -26,6 +26,7 @@ from keras_largebatch.schedules.learning_rate import (
     StepDecay,
     as_schedule,
 )
+from keras_largebatch.schedules.progress import Progress, default_progress, set_default_progress
 from keras_largebatch.schedules.scaling import scale_learning_rate
 
 __all__ = [
@@ -40,9 +41,12 @@ __all__ = [
     "Phase",
     "PiecewiseBatch",
     "PolynomialDecay",
+    "Progress",
     "ProgressCallback",
     "StepDecay",
     "as_schedule",
+    "default_progress",
     "fit_with_batch_schedule",
     "scale_learning_rate",
+    "set_default_progress",
 ]

@@ -21,15 +21,10 @@ so the epoch (and the LR) only moves every k updates.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.schedules.learning_rate import progress_module
-
-if TYPE_CHECKING:
-    from keras_largebatch.schedules.progress import Progress
+from keras_largebatch.schedules.progress import Progress, default_progress
 
 
 class ProgressCallback(keras.callbacks.Callback):
@@ -37,7 +32,7 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def __init__(self, progress: Progress | None = None, batch_size: int | None = None):
         super().__init__()
-        if progress is not None and not isinstance(progress, progress_module().Progress):
+        if progress is not None and not isinstance(progress, Progress):
             raise UserInputError(
                 f"progress={progress!r} is not a keras_largebatch Progress; pass one or None"
             )
@@ -50,7 +45,7 @@ class ProgressCallback(keras.callbacks.Callback):
     def progress(self) -> Progress:
         if self._progress is not None:
             return self._progress
-        return progress_module().default_progress()
+        return default_progress()
 
     def _steps_per_epoch(self) -> int:
         steps = (self.params or {}).get("steps")

@@ -48,7 +48,6 @@ reads `default_progress()`.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
@@ -62,24 +61,10 @@ from keras_largebatch.schedules.batch import (
     check_increasing,
     check_positive,
 )
+from keras_largebatch.schedules.progress import Progress, default_progress
 from keras_largebatch.schedules.scaling import check_rule, scale_factor_at
 
-if TYPE_CHECKING:
-    from keras_largebatch.schedules.progress import Progress
-
 _register = keras.saving.register_keras_serializable(package="keras_largebatch")
-
-
-def progress_module():
-    """`keras_largebatch.training.progress`, imported on use.
-
-    Imported lazily so that `keras_largebatch.schedules` never imports the `training` package
-    at import time: the training loop imports the schedules, and a module-level import here
-    would make the two packages' `__init__`s depend on each other's import order.
-    """
-    from keras_largebatch.schedules import progress
-
-    return progress
 
 
 def _check_rate(name: str, value) -> float:
@@ -96,7 +81,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, progress: Progress | None = None):
-        if progress is not None and not isinstance(progress, progress_module().Progress):
+        if progress is not None and not isinstance(progress, Progress):
             raise UserInputError(
                 f"progress={progress!r} is not a keras_largebatch Progress; pass one or None"
             )
@@ -107,7 +92,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         """The explicit Progress, else the process-wide default (looked up on every call)."""
         if self._progress is not None:
             return self._progress
-        return progress_module().default_progress()
+        return default_progress()
 
     @property
     def total_epochs(self) -> float | None:
