@@ -52,15 +52,10 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.schedules import batch as batch_lib
-from keras_largebatch.schedules.batch import (
-    _is_number,
-    check_batch_size,
-    check_epochs,
-    check_increasing,
-    check_positive,
-)
+from keras_largebatch.schedules.batch import BATCH_SIZE_FIX
 from keras_largebatch.schedules.progress import Progress, default_progress
 from keras_largebatch.schedules.scaling import check_rule, scale_factor_at
 
@@ -68,7 +63,7 @@ _register = keras.saving.register_keras_serializable(package="keras_largebatch")
 
 
 def _check_rate(name: str, value) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
+    if not validate.is_real(value) or not math.isfinite(value) or value < 0:
         raise UserInputError(f"{name}={value!r} must be a finite learning rate >= 0")
     return float(value)
 
@@ -110,7 +105,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def value(self, epoch: float) -> float:
         """Eager helper: the learning rate at `epoch` as a Python float."""
-        epoch = check_epochs("epoch", epoch)
+        epoch = validate.epochs("epoch", epoch)
         return float(self.value_at(tf.constant(epoch, tf.float64)))
 
     def _value_at(self, epoch: tf.Tensor) -> tf.Tensor:
@@ -127,7 +122,7 @@ def as_schedule(value, name: str = "schedule") -> EpochSchedule:
         value = keras.saving.deserialize_keras_object(value)
     if isinstance(value, EpochSchedule):
         return value
-    if _is_number(value):
+    if validate.is_real(value):
         return Constant(value)
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         raise UserInputError(
@@ -146,7 +141,7 @@ def _serialize(obj) -> dict:
 
 def _warmup_total(name: str, total_epochs, inner: EpochSchedule) -> float | None:
     if total_epochs is not None:
-        return check_epochs(name, total_epochs, positive=True)
+        return validate.epochs(name, total_epochs, positive=True)
     return inner.total_epochs
 
 
@@ -190,9 +185,9 @@ class PolynomialDecay(EpochSchedule):
         super().__init__(progress)
         self._initial = _check_rate("initial", initial)
         self._end = _check_rate("end", end)
-        self._total = check_epochs("total_epochs", total_epochs, positive=True)
-        self._power = check_positive("power", power, fix="2 is seed 004's poly(2)")
-        self._start = check_epochs("start_epoch", start_epoch)
+        self._total = validate.epochs("total_epochs", total_epochs, positive=True)
+        self._power = validate.positive("power", power, fix="2 is seed 004's poly(2)")
+        self._start = validate.epochs("start_epoch", start_epoch)
         if self._start >= self._total:
             raise UserInputError(
                 f"start_epoch={start_epoch!r} is not before total_epochs={total_epochs!r}; "
@@ -239,7 +234,7 @@ class StepDecay(EpochSchedule):
     ):
         super().__init__(progress)
         self._initial = _check_rate("initial", initial)
-        self._factor = check_positive("factor", factor, fix="0.1 divides the LR by 10")
+        self._factor = validate.positive("factor", factor, fix="0.1 divides the LR by 10")
         given = [
             n
             for n, v in (
@@ -257,16 +252,16 @@ class StepDecay(EpochSchedule):
         self._total = (
             None
             if total_epochs is None
-            else check_epochs("total_epochs", total_epochs, positive=True)
+            else validate.epochs("total_epochs", total_epochs, positive=True)
         )
         self._given = (boundaries_epochs, boundary_fractions, every_epochs)
         self._every = None
         fix = "give strictly increasing values"
         if boundaries_epochs is not None:
             bounds = [
-                check_epochs("boundaries_epochs", b, positive=True) for b in boundaries_epochs
+                validate.epochs("boundaries_epochs", b, positive=True) for b in boundaries_epochs
             ]
-            self._bounds = check_increasing("boundaries_epochs", bounds, fix=fix)
+            self._bounds = validate.increasing("boundaries_epochs", bounds, fix=fix)
             if self._total is not None and any(b > self._total for b in self._bounds):
                 raise UserInputError(
                     f"boundaries_epochs={self._bounds!r} go past total_epochs={total_epochs!r}"
@@ -276,16 +271,15 @@ class StepDecay(EpochSchedule):
                 raise UserInputError(
                     f"boundary_fractions={list(boundary_fractions)!r} needs total_epochs"
                 )
-            fracs = [float(f) if _is_number(f) else f for f in boundary_fractions]
-            for f in fracs:
-                if not _is_number(f) or not 0 < f < 1:
-                    raise UserInputError(
-                        f"boundary_fractions={fracs!r} must lie strictly between 0 and 1"
-                    )
-            check_increasing("boundary_fractions", fracs, fix=fix)
+            fracs = [
+                validate.in_range("boundary_fractions", f, 0, 1, low_open=True, high_open=True,
+                                  fix="give fractions of total_epochs, e.g. [0.5, 0.75]")
+                for f in boundary_fractions
+            ]
+            validate.increasing("boundary_fractions", fracs, fix=fix)
             self._bounds = [f * self._total for f in fracs]
         else:
-            self._every = check_epochs("every_epochs", every_epochs, positive=True)
+            self._every = validate.epochs("every_epochs", every_epochs, positive=True)
             self._bounds = None
 
     @property
@@ -351,18 +345,16 @@ class LinearWarmup(EpochSchedule):
         self._warmup_epochs_arg = warmup_epochs
         self._warmup_fraction = warmup_fraction
         if warmup_fraction is not None:
-            if not _is_number(warmup_fraction) or not 0 <= warmup_fraction <= 1:
-                raise UserInputError(
-                    f"warmup_fraction={warmup_fraction!r} must lie in [0, 1] (0.05 = 5%)"
-                )
+            fraction = validate.in_range("warmup_fraction", warmup_fraction, 0, 1,
+                                         fix="0.05 warms up over the first 5% of training")
             if self._total is None:
                 raise UserInputError(
                     f"warmup_fraction={warmup_fraction!r} needs total_epochs (here or on the "
                     "wrapped schedule)"
                 )
-            self._warmup = float(warmup_fraction) * self._total
+            self._warmup = fraction * self._total
         else:
-            self._warmup = check_epochs("warmup_epochs", warmup_epochs)
+            self._warmup = validate.epochs("warmup_epochs", warmup_epochs)
         if self._total is not None and self._warmup > self._total:
             raise UserInputError(
                 f"warmup_epochs={self._warmup!r} is longer than training "
@@ -377,7 +369,7 @@ class LinearWarmup(EpochSchedule):
         self._start_factor = None
         if start_value is None:
             factor = 0.0 if start_factor is None else start_factor
-            if not _is_number(factor) or not math.isfinite(factor) or factor < 0:
+            if not validate.is_real(factor) or not math.isfinite(factor) or factor < 0:
                 raise UserInputError(
                     f"start_factor={start_factor!r} must be a finite number >= 0 (1/32 in seed 001)"
                 )
@@ -471,7 +463,8 @@ class BatchScaled(_BatchComposed):
         progress: Progress | None = None,
     ):
         super().__init__(schedule, batch_schedule, progress)
-        self._reference = check_batch_size("reference_batch_size", reference_batch_size)
+        self._reference = validate.whole("reference_batch_size", reference_batch_size,
+                                         fix=BATCH_SIZE_FIX)
         self._rule = check_rule(rule)
 
     def get_config(self) -> dict:

@@ -22,8 +22,9 @@ import math
 
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.schedules.batch import _is_number, check_batch_size
+from keras_largebatch.schedules.batch import BATCH_SIZE_FIX
 
 RULES = ("linear", "sqrt", "none")
 
@@ -36,8 +37,9 @@ def check_rule(rule: str) -> str:
 
 def scale_factor(batch_size: int, reference_batch_size: int, rule: str = "linear") -> float:
     """The factor `scale_learning_rate` multiplies the base learning rate by."""
-    batch = check_batch_size("batch_size", batch_size)
-    reference = check_batch_size("reference_batch_size", reference_batch_size)
+    batch = validate.whole("batch_size", batch_size, fix=BATCH_SIZE_FIX)
+    reference = validate.whole("reference_batch_size", reference_batch_size,
+                               fix=BATCH_SIZE_FIX)
     rule = check_rule(rule)
     if rule == "linear":
         return batch / reference
@@ -60,6 +62,6 @@ def scale_learning_rate(
     base_lr: float, batch_size: int, reference_batch_size: int, rule: str = "linear"
 ) -> float:
     """Learning rate for `batch_size` given `base_lr` tuned at `reference_batch_size`."""
-    if not _is_number(base_lr) or not math.isfinite(base_lr) or base_lr < 0:
+    if not validate.is_real(base_lr) or not math.isfinite(base_lr) or base_lr < 0:
         raise UserInputError(f"base_lr={base_lr!r} must be a finite number >= 0")
     return float(base_lr) * scale_factor(batch_size, reference_batch_size, rule)
