@@ -37,7 +37,7 @@ what repeated `model.fit(initial_epoch=...)` calls can express. Learning-rate sc
 use fractional epochs (warmup over 5% of 82 epochs).
 
 Host-side methods take Python floats; `batch_size_at` / `lr_multiplier_at` take a float64 tensor
-(e.g. `progress.epoch`) and are what the learning-rate compositions in `learning_rate.py` call
+(e.g. `progress.epoch`) and are what the learning-rate compositions in `batch_coupled.py` call
 inside the train step. All schedules serialize with `get_config` / `from_config` and are
 registered with Keras (package "keras_largebatch").
 """

@@ -6,11 +6,12 @@
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
 
 Keras calls `schedule(step)` with the optimizer's iteration count; these schedules ignore it and
-read `progress.epoch` (DESIGN.md: steps per epoch change with the batch size, epochs do not). The
-`Progress` is the one given to the constructor, else `default_progress()` looked up at call time,
-so a schedule built (or deserialised) before the training loop installs its own Progress with
-`set_default_progress` still follows it. The framework loop advances the Progress inside the
-train step; under `model.fit`, `ProgressCallback` does.
+read `progress.epoch`, the fractional epoch epoch_index + step_in_epoch / steps_per_epoch: steps
+per epoch change whenever the batch size does, so a step count is not a fixed point of training
+while an epoch is (progress.py). The `Progress` is the one given to the constructor, else the
+process-wide `default_progress()` looked up at call time, so a schedule built (or deserialised)
+before `set_default_progress` installs another Progress still follows it. The framework loop
+advances the Progress inside its train step; under `model.fit`, `ProgressCallback` does.
 
 Only the outermost schedule reads the Progress: nested schedules are evaluated at the same epoch
 through `value_at(epoch)`, so `LinearWarmup(PolynomialDecay(...))` has one clock. Every schedule
@@ -30,19 +31,13 @@ Schedules:
   `initial` until then and decays over [start_epoch, T].
 - `StepDecay(initial, boundaries_epochs | boundary_fractions + total_epochs | every_epochs,
   factor=0.1)`: times `factor` at each boundary reached (inclusive).
-- `BatchScheduleMultiplier(schedule, batch_schedule)`: schedule x the batch schedule's LR
-  multiplier (AdaBatch's lr_decay ** k), so AdaBatch + warmup + LARS is one object.
-- `BatchScaled(schedule, batch_schedule, reference_batch_size=1, rule="linear")`: schedule x
-  scale(m(e) / m_ref) for the batch size m(e) the batch schedule has now. With the defaults this
-  is seed 001's sum-of-gradients view: the schedule gives the base LR eta~ = eta / m and the
-  optimizer uses eta = eta~ * m for whatever m the current phase has.
 
-Serialization: every schedule is registered (package "keras_largebatch"); `get_config` holds
-nested schedules and batch schedules as `keras.saving.serialize_keras_object` dicts, so
-`deserialize_keras_object(serialize_keras_object(s))` and an optimizer's
-`get_config`/`from_config` rebuild the whole tree (Model Garden's warmup stores the inner schedule
-as a live object and cannot). The Progress is not part of the config: a deserialised schedule
-reads `default_progress()`.
+Learning rates that follow a batch-size schedule: batch_coupled.py.
+
+Serialization: every schedule is registered (package "keras_largebatch") and `get_config` holds
+nested schedules as `keras.saving.serialize_keras_object` dicts, so an optimizer's
+`get_config`/`from_config` rebuilds the whole tree, JSON included. The Progress is not part of
+the config: a deserialised schedule reads `default_progress()`.
 """
 
 from __future__ import annotations
@@ -54,10 +49,7 @@ import tensorflow as tf
 
 from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.schedules import batch as batch_lib
-from keras_largebatch.schedules.batch import BATCH_SIZE_FIX
 from keras_largebatch.schedules.progress import Progress, default_progress
-from keras_largebatch.schedules.scaling import check_rule, scale_factor_at
 
 _register = keras.saving.register_keras_serializable(package="keras_largebatch")
 
@@ -145,9 +137,7 @@ def _warmup_total(name: str, total_epochs, inner: EpochSchedule) -> float | None
     return inner.total_epochs
 
 
-# --------------------------------------------------------------------------------------------
-# Base schedules.
-# --------------------------------------------------------------------------------------------
+# ---- Base schedules. ----------------------------------------------------------------------------
 
 
 @_register
@@ -308,9 +298,7 @@ class StepDecay(EpochSchedule):
         return self._initial * tf.pow(tf.constant(self._factor, tf.float64), count)
 
 
-# --------------------------------------------------------------------------------------------
-# Schedules wrapping other schedules.
-# --------------------------------------------------------------------------------------------
+# ---- A schedule wrapping another. --------------------------------------------------------------
 
 
 @_register
@@ -409,68 +397,3 @@ class LinearWarmup(EpochSchedule):
         else:
             start = self._start_factor * target
         return start + (target - start) * t
-
-
-class _BatchComposed(EpochSchedule):
-    """Base of the schedules that compose an LR schedule with a batch schedule."""
-
-    def __init__(self, schedule, batch_schedule, progress: Progress | None = None):
-        super().__init__(progress)
-        self._schedule = as_schedule(schedule, "schedule")
-        self._batch = batch_lib.get(batch_schedule)
-
-    @property
-    def batch_schedule(self) -> batch_lib.BatchSchedule:
-        return self._batch
-
-    @property
-    def total_epochs(self) -> float | None:
-        return self._schedule.total_epochs
-
-    def get_config(self) -> dict:
-        return {"schedule": _serialize(self._schedule), "batch_schedule": _serialize(self._batch)}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        config = dict(config)
-        config["schedule"] = as_schedule(config["schedule"], "schedule")
-        config["batch_schedule"] = batch_lib.get(config["batch_schedule"])
-        return cls(**config)
-
-
-@_register
-class BatchScheduleMultiplier(_BatchComposed):
-    """`schedule(e) * batch_schedule.lr_multiplier(e)`: AdaBatch's LR decay on top of a schedule."""
-
-    def _value_at(self, epoch):
-        return self._schedule.value_at(epoch) * self._batch.lr_multiplier_at(epoch)
-
-
-@_register
-class BatchScaled(_BatchComposed):
-    """`schedule(e) * scale(m(e) / reference_batch_size)` for the current batch size m(e).
-
-    Defaults (reference 1, linear) give seed 001's sum-of-gradients view: `schedule` is the
-    base learning rate eta~ = eta / m and the optimizer applies eta~ * m.
-    """
-
-    def __init__(
-        self,
-        schedule,
-        batch_schedule,
-        reference_batch_size: int = 1,
-        rule: str = "linear",
-        progress: Progress | None = None,
-    ):
-        super().__init__(schedule, batch_schedule, progress)
-        self._reference = validate.whole("reference_batch_size", reference_batch_size,
-                                         fix=BATCH_SIZE_FIX)
-        self._rule = check_rule(rule)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "reference_batch_size": self._reference,
-                "rule": self._rule}
-
-    def _value_at(self, epoch):
-        factor = scale_factor_at(self._batch.batch_size_at(epoch), self._reference, self._rule)
-        return self._schedule.value_at(epoch) * factor

@@ -12,7 +12,7 @@
   keeps the covariance of the weight update constant.
 - "none": eta = base.
 
-For a batch size that changes during training use `BatchScaled` in `learning_rate.py`, which
+For a batch size that changes during training use `BatchScaled` in `batch_coupled.py`, which
 applies the same rule in-graph to the batch schedule's current batch size.
 """
 
