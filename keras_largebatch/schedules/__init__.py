@@ -15,8 +15,7 @@ from keras_largebatch.schedules.batch import (
     PiecewiseBatch,
 )
 from keras_largebatch.schedules.batch_coupled import BatchScaled, BatchScheduleMultiplier
-from keras_largebatch.schedules.callback import ProgressCallback
-from keras_largebatch.schedules.fit_phases import fit_with_batch_schedule
+from keras_largebatch.schedules.keras_fit import ProgressCallback, fit_with_batch_schedule
 from keras_largebatch.schedules.learning_rate import (
     Constant,
     EpochSchedule,
