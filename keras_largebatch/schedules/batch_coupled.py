@@ -33,7 +33,7 @@ from keras_largebatch.schedules import batch as batch_lib
 from keras_largebatch.schedules.batch import BATCH_SIZE_FIX
 from keras_largebatch.schedules.learning_rate import EpochSchedule, as_schedule
 from keras_largebatch.schedules.progress import Progress
-from keras_largebatch.schedules.scaling import check_rule, scale_factor_at
+from keras_largebatch.schedules.scaling import RULES, scale_factor_at
 
 _register = keras.saving.register_keras_serializable(package="keras_largebatch")
 _serialize = keras.saving.serialize_keras_object
@@ -93,7 +93,7 @@ class BatchScaled(_BatchComposed):
         super().__init__(schedule, batch_schedule, progress)
         self._reference = validate.whole("reference_batch_size", reference_batch_size,
                                          fix=BATCH_SIZE_FIX)
-        self._rule = check_rule(rule)
+        self._rule = validate.one_of("rule", rule, RULES)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "reference_batch_size": self._reference,

@@ -29,18 +29,12 @@ from keras_largebatch.schedules.batch import BATCH_SIZE_FIX
 RULES = ("linear", "sqrt", "none")
 
 
-def check_rule(rule: str) -> str:
-    if rule not in RULES:
-        raise UserInputError(f"rule={rule!r} is not a scaling rule; use one of {RULES}")
-    return rule
-
-
 def scale_factor(batch_size: int, reference_batch_size: int, rule: str = "linear") -> float:
     """The factor `scale_learning_rate` multiplies the base learning rate by."""
     batch = validate.whole("batch_size", batch_size, fix=BATCH_SIZE_FIX)
     reference = validate.whole("reference_batch_size", reference_batch_size,
                                fix=BATCH_SIZE_FIX)
-    rule = check_rule(rule)
+    rule = validate.one_of("rule", rule, RULES)
     if rule == "linear":
         return batch / reference
     if rule == "sqrt":
