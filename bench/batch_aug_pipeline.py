@@ -40,8 +40,8 @@ import tensorflow as tf  # noqa: E402
 from keras_largebatch.data import get_source, train_dataset_fn  # noqa: E402
 from keras_largebatch.data.augment import make_augment  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
+from keras_largebatch.schedules.progress import Progress  # noqa: E402
 from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
-from keras_largebatch.training.progress import Progress  # noqa: E402
 from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 from keras_largebatch.training.strategy import make_strategy  # noqa: E402
 

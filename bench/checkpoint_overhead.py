@@ -34,11 +34,11 @@ import tensorflow as tf  # noqa: E402
 
 from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
+from keras_largebatch.schedules.progress import Progress  # noqa: E402
 from keras_largebatch.training.checkpoint import Checkpointer  # noqa: E402
 from keras_largebatch.training.divergence import DivergenceGuard  # noqa: E402
 from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
 from keras_largebatch.training.optimizer_factory import create_optimizer  # noqa: E402
-from keras_largebatch.training.progress import Progress  # noqa: E402
 from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 
 

@@ -32,9 +32,9 @@ import tensorflow as tf  # noqa: E402
 
 from keras_largebatch.data import get_source, steps_per_epoch, train_dataset_fn  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
+from keras_largebatch.schedules.progress import Progress  # noqa: E402
 from keras_largebatch.training.inputs import epoch_inputs, release_in_background  # noqa: E402
 from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
-from keras_largebatch.training.progress import Progress  # noqa: E402
 from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 
 

@@ -2,6 +2,7 @@
 
     from keras_largebatch import validate
     epochs = validate.whole("train.epochs", epochs, minimum=1)
+    warmup = validate.epochs("LinearWarmup.warmup_epochs", warmup)
     lr = validate.positive("train.learning_rate", lr)
     flag = validate.boolean("train.deterministic", flag)
 
@@ -43,6 +44,19 @@ def positive(name: str, value, *, fix: str = "give a finite number > 0") -> floa
     """`value` as a float if it is finite and > 0."""
     if not is_real(value) or not math.isfinite(value) or value <= 0:
         raise UserInputError(f"{name}={value!r} must be a finite number > 0; {fix}")
+    return float(value)
+
+
+def epochs(name: str, value, positive: bool = False) -> float:
+    """`value` as a float if it is a finite number of epochs >= 0 (> 0 when `positive`).
+
+    For epoch counts and positions, which may be fractional (a warmup over 4.1 epochs).
+    """
+    if not is_real(value) or not math.isfinite(value):
+        raise UserInputError(f"{name}={value!r} is not a finite number of epochs")
+    if value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise UserInputError(f"{name}={value!r} must be {bound} epochs")
     return float(value)
 
 

@@ -37,7 +37,7 @@ what repeated `model.fit(initial_epoch=...)` calls can express. Learning-rate sc
 use fractional epochs (warmup over 5% of 82 epochs).
 
 Host-side methods take Python floats; `batch_size_at` / `lr_multiplier_at` take a float64 tensor
-(e.g. `progress.epoch`) and are what the learning-rate compositions in `learning_rate.py` call
+(e.g. `progress.epoch`) and are what the learning-rate compositions in `batch_coupled.py` call
 inside the train step. All schedules serialize with `get_config` / `from_config` and are
 registered with Keras (package "keras_largebatch").
 """
@@ -46,57 +46,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 
 import keras
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
 
-# --------------------------------------------------------------------------------------------
-# Validation helpers (shared with learning_rate.py and scaling.py).
-# --------------------------------------------------------------------------------------------
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_whole(name: str, value, *, minimum: int, fix: str) -> int:
-    """`value` as an int if it is a whole number >= `minimum` (2.0 from gin is fine)."""
-    if not _is_number(value) or not math.isfinite(value) or float(value) != int(value):
-        raise UserInputError(f"{name}={value!r} is not a whole number; {fix}")
-    if int(value) < minimum:
-        raise UserInputError(f"{name}={value!r} must be >= {minimum}; {fix}")
-    return int(value)
-
-
-def check_batch_size(name: str, value) -> int:
-    return check_whole(name, value, minimum=1, fix="give a positive integer number of samples")
-
-
-def check_epochs(name: str, value, *, positive: bool = False) -> float:
-    """A finite epoch count or position, >= 0 (or > 0 when `positive`)."""
-    if not _is_number(value) or not math.isfinite(value):
-        raise UserInputError(f"{name}={value!r} is not a finite number of epochs")
-    if value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise UserInputError(f"{name}={value!r} must be {bound} epochs")
-    return float(value)
-
-
-def check_positive(name: str, value, *, fix: str) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise UserInputError(f"{name}={value!r} must be a finite number > 0; {fix}")
-    return float(value)
-
-
-def check_increasing(name: str, values, *, fix: str) -> list:
-    values = list(values)
-    for a, b in zip(values, values[1:]):
-        if not b > a:
-            raise UserInputError(f"{name}={values!r} is out of order ({b!r} after {a!r}); {fix}")
-    return values
+# What every batch-size check asks for (the learning-rate side reuses it).
+BATCH_SIZE_FIX = "give a positive integer number of samples"
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,11 +81,11 @@ class BatchSchedule:
 
     def batch_size(self, epoch: float) -> int:
         """Global batch size at (fractional) `epoch`."""
-        return self._batch_size(check_epochs("epoch", epoch))
+        return self._batch_size(validate.epochs("epoch", epoch))
 
     def lr_multiplier(self, epoch: float) -> float:
         """Factor on the learning rate (applied to the mean gradient) at `epoch`."""
-        return self._lr_multiplier(check_epochs("epoch", epoch))
+        return self._lr_multiplier(validate.epochs("epoch", epoch))
 
     def batch_size_at(self, epoch) -> tf.Tensor:
         """In-graph `batch_size`: float64 tensor for a (float64) epoch tensor."""
@@ -144,7 +102,7 @@ class BatchSchedule:
         multiplier changes (a capped AdaBatch) the pipeline can stay, the LR composition reads
         the multiplier in-graph.
         """
-        total = check_whole(
+        total = validate.whole(
             "total_epochs", total_epochs, minimum=1, fix="train for at least one epoch"
         )
         phases: list[Phase] = []
@@ -197,7 +155,7 @@ class FixedBatch(BatchSchedule):
     """One global batch size for the whole run; LR multiplier 1."""
 
     def __init__(self, batch_size: int):
-        self._size = check_batch_size("batch_size", batch_size)
+        self._size = validate.whole("batch_size", batch_size, fix=BATCH_SIZE_FIX)
 
     def get_config(self) -> dict:
         return {"batch_size": self._size}
@@ -226,10 +184,10 @@ class PiecewiseBatch(BatchSchedule):
     def __init__(self, boundaries_epochs, batch_sizes, lr_multipliers=None):
         fix = "give whole epochs > 0 in increasing order"
         bounds = [
-            check_whole("boundaries_epochs", b, minimum=1, fix=fix) for b in boundaries_epochs
+            validate.whole("boundaries_epochs", b, minimum=1, fix=fix) for b in boundaries_epochs
         ]
-        self._bounds = check_increasing("boundaries_epochs", bounds, fix=fix)
-        self._sizes = [check_batch_size("batch_sizes", b) for b in batch_sizes]
+        self._bounds = validate.increasing("boundaries_epochs", bounds, fix=fix)
+        self._sizes = [validate.whole("batch_sizes", b, fix=BATCH_SIZE_FIX) for b in batch_sizes]
         if len(self._sizes) != len(self._bounds) + 1:
             raise UserInputError(
                 f"batch_sizes={list(batch_sizes)!r} needs exactly one more entry than "
@@ -239,7 +197,7 @@ class PiecewiseBatch(BatchSchedule):
             self._mults = None
         else:
             self._mults = [
-                check_positive("lr_multipliers", m, fix="give one factor > 0 per batch size")
+                validate.positive("lr_multipliers", m, fix="give one factor > 0 per batch size")
                 for m in lr_multipliers
             ]
             if len(self._mults) != len(self._sizes):
@@ -302,27 +260,27 @@ class AdaBatch(BatchSchedule):
         lr_decay: float = 1.0,
         max_batch_size: int | None = None,
     ):
-        self._b0 = check_batch_size("initial_batch_size", initial_batch_size)
-        self._interval = check_whole(
+        self._b0 = validate.whole("initial_batch_size", initial_batch_size, fix=BATCH_SIZE_FIX)
+        self._interval = validate.whole(
             "interval_epochs",
             interval_epochs,
             minimum=1,
             fix="batch phases change at whole epochs; give an integer >= 1",
         )
-        self._growth = check_whole(
+        self._growth = validate.whole(
             "growth_factor",
             growth_factor,
             minimum=1,
             fix="give an integer factor >= 1 (2 doubles the batch each interval)",
         )
-        self._decay = check_positive(
+        self._decay = validate.positive(
             "lr_decay",
             lr_decay,
             fix="e.g. 0.75 multiplies the LR by 0.75 each interval",
         )
         self._max = None
         if max_batch_size is not None:
-            self._max = check_batch_size("max_batch_size", max_batch_size)
+            self._max = validate.whole("max_batch_size", max_batch_size, fix=BATCH_SIZE_FIX)
             if self._max < self._b0:
                 raise UserInputError(
                     f"max_batch_size={max_batch_size!r} is below "
@@ -390,7 +348,7 @@ def get(identifier) -> BatchSchedule:
     """A BatchSchedule from an instance, an integer (FixedBatch) or a serialized config."""
     if isinstance(identifier, BatchSchedule):
         return identifier
-    if _is_number(identifier):
+    if validate.is_real(identifier):
         return FixedBatch(identifier)
     if isinstance(identifier, dict):
         obj = keras.saving.deserialize_keras_object(identifier)

@@ -6,11 +6,12 @@
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
 
 Keras calls `schedule(step)` with the optimizer's iteration count; these schedules ignore it and
-read `progress.epoch` (DESIGN.md: steps per epoch change with the batch size, epochs do not). The
-`Progress` is the one given to the constructor, else `default_progress()` looked up at call time,
-so a schedule built (or deserialised) before the training loop installs its own Progress with
-`set_default_progress` still follows it. The framework loop advances the Progress inside the
-train step; under `model.fit`, `ProgressCallback` does.
+read `progress.epoch`, the fractional epoch epoch_index + step_in_epoch / steps_per_epoch: steps
+per epoch change whenever the batch size does, so a step count is not a fixed point of training
+while an epoch is (progress.py). The `Progress` is the one given to the constructor, else the
+process-wide `default_progress()` looked up at call time, so a schedule built (or deserialised)
+before `set_default_progress` installs another Progress still follows it. The framework loop
+advances the Progress inside its train step; under `model.fit`, `ProgressCallback` does.
 
 Only the outermost schedule reads the Progress: nested schedules are evaluated at the same epoch
 through `value_at(epoch)`, so `LinearWarmup(PolynomialDecay(...))` has one clock. Every schedule
@@ -30,60 +31,31 @@ Schedules:
   `initial` until then and decays over [start_epoch, T].
 - `StepDecay(initial, boundaries_epochs | boundary_fractions + total_epochs | every_epochs,
   factor=0.1)`: times `factor` at each boundary reached (inclusive).
-- `BatchScheduleMultiplier(schedule, batch_schedule)`: schedule x the batch schedule's LR
-  multiplier (AdaBatch's lr_decay ** k), so AdaBatch + warmup + LARS is one object.
-- `BatchScaled(schedule, batch_schedule, reference_batch_size=1, rule="linear")`: schedule x
-  scale(m(e) / m_ref) for the batch size m(e) the batch schedule has now. With the defaults this
-  is seed 001's sum-of-gradients view: the schedule gives the base LR eta~ = eta / m and the
-  optimizer uses eta = eta~ * m for whatever m the current phase has.
 
-Serialization: every schedule is registered (package "keras_largebatch"); `get_config` holds
-nested schedules and batch schedules as `keras.saving.serialize_keras_object` dicts, so
-`deserialize_keras_object(serialize_keras_object(s))` and an optimizer's
-`get_config`/`from_config` rebuild the whole tree (Model Garden's warmup stores the inner schedule
-as a live object and cannot). The Progress is not part of the config: a deserialised schedule
-reads `default_progress()`.
+Learning rates that follow a batch-size schedule: batch_coupled.py.
+
+Serialization: every schedule is registered (package "keras_largebatch") and `get_config` holds
+nested schedules as `keras.saving.serialize_keras_object` dicts, so an optimizer's
+`get_config`/`from_config` rebuilds the whole tree, JSON included. The Progress is not part of
+the config: a deserialised schedule reads `default_progress()`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.schedules import batch as batch_lib
-from keras_largebatch.schedules.batch import (
-    _is_number,
-    check_batch_size,
-    check_epochs,
-    check_increasing,
-    check_positive,
-)
-from keras_largebatch.schedules.scaling import check_rule, scale_factor_at
-
-if TYPE_CHECKING:
-    from keras_largebatch.training.progress import Progress
+from keras_largebatch.schedules.progress import Progress, default_progress
 
 _register = keras.saving.register_keras_serializable(package="keras_largebatch")
 
 
-def progress_module():
-    """`keras_largebatch.training.progress`, imported on use.
-
-    Imported lazily so that `keras_largebatch.schedules` never imports the `training` package
-    at import time: the training loop imports the schedules, and a module-level import here
-    would make the two packages' `__init__`s depend on each other's import order.
-    """
-    from keras_largebatch.training import progress
-
-    return progress
-
-
 def _check_rate(name: str, value) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
+    if not validate.is_real(value) or not math.isfinite(value) or value < 0:
         raise UserInputError(f"{name}={value!r} must be a finite learning rate >= 0")
     return float(value)
 
@@ -96,7 +68,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, progress: Progress | None = None):
-        if progress is not None and not isinstance(progress, progress_module().Progress):
+        if progress is not None and not isinstance(progress, Progress):
             raise UserInputError(
                 f"progress={progress!r} is not a keras_largebatch Progress; pass one or None"
             )
@@ -107,7 +79,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         """The explicit Progress, else the process-wide default (looked up on every call)."""
         if self._progress is not None:
             return self._progress
-        return progress_module().default_progress()
+        return default_progress()
 
     @property
     def total_epochs(self) -> float | None:
@@ -125,7 +97,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def value(self, epoch: float) -> float:
         """Eager helper: the learning rate at `epoch` as a Python float."""
-        epoch = check_epochs("epoch", epoch)
+        epoch = validate.epochs("epoch", epoch)
         return float(self.value_at(tf.constant(epoch, tf.float64)))
 
     def _value_at(self, epoch: tf.Tensor) -> tf.Tensor:
@@ -142,7 +114,7 @@ def as_schedule(value, name: str = "schedule") -> EpochSchedule:
         value = keras.saving.deserialize_keras_object(value)
     if isinstance(value, EpochSchedule):
         return value
-    if _is_number(value):
+    if validate.is_real(value):
         return Constant(value)
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         raise UserInputError(
@@ -161,13 +133,11 @@ def _serialize(obj) -> dict:
 
 def _warmup_total(name: str, total_epochs, inner: EpochSchedule) -> float | None:
     if total_epochs is not None:
-        return check_epochs(name, total_epochs, positive=True)
+        return validate.epochs(name, total_epochs, positive=True)
     return inner.total_epochs
 
 
-# --------------------------------------------------------------------------------------------
-# Base schedules.
-# --------------------------------------------------------------------------------------------
+# ---- Base schedules. ----------------------------------------------------------------------------
 
 
 @_register
@@ -205,9 +175,9 @@ class PolynomialDecay(EpochSchedule):
         super().__init__(progress)
         self._initial = _check_rate("initial", initial)
         self._end = _check_rate("end", end)
-        self._total = check_epochs("total_epochs", total_epochs, positive=True)
-        self._power = check_positive("power", power, fix="2 is seed 004's poly(2)")
-        self._start = check_epochs("start_epoch", start_epoch)
+        self._total = validate.epochs("total_epochs", total_epochs, positive=True)
+        self._power = validate.positive("power", power, fix="2 is seed 004's poly(2)")
+        self._start = validate.epochs("start_epoch", start_epoch)
         if self._start >= self._total:
             raise UserInputError(
                 f"start_epoch={start_epoch!r} is not before total_epochs={total_epochs!r}; "
@@ -254,7 +224,7 @@ class StepDecay(EpochSchedule):
     ):
         super().__init__(progress)
         self._initial = _check_rate("initial", initial)
-        self._factor = check_positive("factor", factor, fix="0.1 divides the LR by 10")
+        self._factor = validate.positive("factor", factor, fix="0.1 divides the LR by 10")
         given = [
             n
             for n, v in (
@@ -272,16 +242,16 @@ class StepDecay(EpochSchedule):
         self._total = (
             None
             if total_epochs is None
-            else check_epochs("total_epochs", total_epochs, positive=True)
+            else validate.epochs("total_epochs", total_epochs, positive=True)
         )
         self._given = (boundaries_epochs, boundary_fractions, every_epochs)
         self._every = None
         fix = "give strictly increasing values"
         if boundaries_epochs is not None:
             bounds = [
-                check_epochs("boundaries_epochs", b, positive=True) for b in boundaries_epochs
+                validate.epochs("boundaries_epochs", b, positive=True) for b in boundaries_epochs
             ]
-            self._bounds = check_increasing("boundaries_epochs", bounds, fix=fix)
+            self._bounds = validate.increasing("boundaries_epochs", bounds, fix=fix)
             if self._total is not None and any(b > self._total for b in self._bounds):
                 raise UserInputError(
                     f"boundaries_epochs={self._bounds!r} go past total_epochs={total_epochs!r}"
@@ -291,16 +261,15 @@ class StepDecay(EpochSchedule):
                 raise UserInputError(
                     f"boundary_fractions={list(boundary_fractions)!r} needs total_epochs"
                 )
-            fracs = [float(f) if _is_number(f) else f for f in boundary_fractions]
-            for f in fracs:
-                if not _is_number(f) or not 0 < f < 1:
-                    raise UserInputError(
-                        f"boundary_fractions={fracs!r} must lie strictly between 0 and 1"
-                    )
-            check_increasing("boundary_fractions", fracs, fix=fix)
+            fracs = [
+                validate.in_range("boundary_fractions", f, 0, 1, low_open=True, high_open=True,
+                                  fix="give fractions of total_epochs, e.g. [0.5, 0.75]")
+                for f in boundary_fractions
+            ]
+            validate.increasing("boundary_fractions", fracs, fix=fix)
             self._bounds = [f * self._total for f in fracs]
         else:
-            self._every = check_epochs("every_epochs", every_epochs, positive=True)
+            self._every = validate.epochs("every_epochs", every_epochs, positive=True)
             self._bounds = None
 
     @property
@@ -329,9 +298,7 @@ class StepDecay(EpochSchedule):
         return self._initial * tf.pow(tf.constant(self._factor, tf.float64), count)
 
 
-# --------------------------------------------------------------------------------------------
-# Schedules wrapping other schedules.
-# --------------------------------------------------------------------------------------------
+# ---- A schedule wrapping another. --------------------------------------------------------------
 
 
 @_register
@@ -366,18 +333,16 @@ class LinearWarmup(EpochSchedule):
         self._warmup_epochs_arg = warmup_epochs
         self._warmup_fraction = warmup_fraction
         if warmup_fraction is not None:
-            if not _is_number(warmup_fraction) or not 0 <= warmup_fraction <= 1:
-                raise UserInputError(
-                    f"warmup_fraction={warmup_fraction!r} must lie in [0, 1] (0.05 = 5%)"
-                )
+            fraction = validate.in_range("warmup_fraction", warmup_fraction, 0, 1,
+                                         fix="0.05 warms up over the first 5% of training")
             if self._total is None:
                 raise UserInputError(
                     f"warmup_fraction={warmup_fraction!r} needs total_epochs (here or on the "
                     "wrapped schedule)"
                 )
-            self._warmup = float(warmup_fraction) * self._total
+            self._warmup = fraction * self._total
         else:
-            self._warmup = check_epochs("warmup_epochs", warmup_epochs)
+            self._warmup = validate.epochs("warmup_epochs", warmup_epochs)
         if self._total is not None and self._warmup > self._total:
             raise UserInputError(
                 f"warmup_epochs={self._warmup!r} is longer than training "
@@ -392,7 +357,7 @@ class LinearWarmup(EpochSchedule):
         self._start_factor = None
         if start_value is None:
             factor = 0.0 if start_factor is None else start_factor
-            if not _is_number(factor) or not math.isfinite(factor) or factor < 0:
+            if not validate.is_real(factor) or not math.isfinite(factor) or factor < 0:
                 raise UserInputError(
                     f"start_factor={start_factor!r} must be a finite number >= 0 (1/32 in seed 001)"
                 )
@@ -432,67 +397,3 @@ class LinearWarmup(EpochSchedule):
         else:
             start = self._start_factor * target
         return start + (target - start) * t
-
-
-class _BatchComposed(EpochSchedule):
-    """Base of the schedules that compose an LR schedule with a batch schedule."""
-
-    def __init__(self, schedule, batch_schedule, progress: Progress | None = None):
-        super().__init__(progress)
-        self._schedule = as_schedule(schedule, "schedule")
-        self._batch = batch_lib.get(batch_schedule)
-
-    @property
-    def batch_schedule(self) -> batch_lib.BatchSchedule:
-        return self._batch
-
-    @property
-    def total_epochs(self) -> float | None:
-        return self._schedule.total_epochs
-
-    def get_config(self) -> dict:
-        return {"schedule": _serialize(self._schedule), "batch_schedule": _serialize(self._batch)}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        config = dict(config)
-        config["schedule"] = as_schedule(config["schedule"], "schedule")
-        config["batch_schedule"] = batch_lib.get(config["batch_schedule"])
-        return cls(**config)
-
-
-@_register
-class BatchScheduleMultiplier(_BatchComposed):
-    """`schedule(e) * batch_schedule.lr_multiplier(e)`: AdaBatch's LR decay on top of a schedule."""
-
-    def _value_at(self, epoch):
-        return self._schedule.value_at(epoch) * self._batch.lr_multiplier_at(epoch)
-
-
-@_register
-class BatchScaled(_BatchComposed):
-    """`schedule(e) * scale(m(e) / reference_batch_size)` for the current batch size m(e).
-
-    Defaults (reference 1, linear) give seed 001's sum-of-gradients view: `schedule` is the
-    base learning rate eta~ = eta / m and the optimizer applies eta~ * m.
-    """
-
-    def __init__(
-        self,
-        schedule,
-        batch_schedule,
-        reference_batch_size: int = 1,
-        rule: str = "linear",
-        progress: Progress | None = None,
-    ):
-        super().__init__(schedule, batch_schedule, progress)
-        self._reference = check_batch_size("reference_batch_size", reference_batch_size)
-        self._rule = check_rule(rule)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "reference_batch_size": self._reference,
-                "rule": self._rule}
-
-    def _value_at(self, epoch):
-        factor = scale_factor_at(self._batch.batch_size_at(epoch), self._reference, self._rule)
-        return self._schedule.value_at(epoch) * factor

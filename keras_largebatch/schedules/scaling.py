@@ -12,7 +12,7 @@
   keeps the covariance of the weight update constant.
 - "none": eta = base.
 
-For a batch size that changes during training use `BatchScaled` in `learning_rate.py`, which
+For a batch size that changes during training use `BatchScaled` in `batch_coupled.py`, which
 applies the same rule in-graph to the batch schedule's current batch size.
 """
 
@@ -22,23 +22,19 @@ import math
 
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.schedules.batch import _is_number, check_batch_size
+from keras_largebatch.schedules.batch import BATCH_SIZE_FIX
 
 RULES = ("linear", "sqrt", "none")
 
 
-def check_rule(rule: str) -> str:
-    if rule not in RULES:
-        raise UserInputError(f"rule={rule!r} is not a scaling rule; use one of {RULES}")
-    return rule
-
-
 def scale_factor(batch_size: int, reference_batch_size: int, rule: str = "linear") -> float:
     """The factor `scale_learning_rate` multiplies the base learning rate by."""
-    batch = check_batch_size("batch_size", batch_size)
-    reference = check_batch_size("reference_batch_size", reference_batch_size)
-    rule = check_rule(rule)
+    batch = validate.whole("batch_size", batch_size, fix=BATCH_SIZE_FIX)
+    reference = validate.whole("reference_batch_size", reference_batch_size,
+                               fix=BATCH_SIZE_FIX)
+    rule = validate.one_of("rule", rule, RULES)
     if rule == "linear":
         return batch / reference
     if rule == "sqrt":
@@ -60,6 +56,6 @@ def scale_learning_rate(
     base_lr: float, batch_size: int, reference_batch_size: int, rule: str = "linear"
 ) -> float:
     """Learning rate for `batch_size` given `base_lr` tuned at `reference_batch_size`."""
-    if not _is_number(base_lr) or not math.isfinite(base_lr) or base_lr < 0:
+    if not validate.is_real(base_lr) or not math.isfinite(base_lr) or base_lr < 0:
         raise UserInputError(f"base_lr={base_lr!r} must be a finite number >= 0")
     return float(base_lr) * scale_factor(batch_size, reference_batch_size, rule)

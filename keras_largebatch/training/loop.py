@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras_largebatch.data import DataSource, eval_dataset, get_source
 from keras_largebatch.data.pipeline import train_eval_dataset
 from keras_largebatch.optimizers.lars_callback import find_lars
+from keras_largebatch.schedules.progress import default_progress
 from keras_largebatch.training import build
 from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.actions import Stop
@@ -37,7 +38,6 @@ from keras_largebatch.training.checkpoint import Checkpointer
 from keras_largebatch.training.components import Components
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.epoch import EpochRunner
-from keras_largebatch.training.progress import default_progress
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.signals import SignalCatcher
 from keras_largebatch.training.strategy import is_chief

@@ -20,7 +20,7 @@ from keras_largebatch.schedules import (
     StepDecay,
     scale_learning_rate,
 )
-from keras_largebatch.training.progress import Progress, default_progress, set_default_progress
+from keras_largebatch.schedules.progress import Progress, default_progress, set_default_progress
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import tensorflow as tf
 from keras_largebatch.data import train_dataset_fn
 from keras_largebatch.data.augment import make_augment
 from keras_largebatch.models import build_model
+from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics
-from keras_largebatch.training.progress import Progress
 from keras_largebatch.training.steps.train_step import TrainStep
 
 from .helpers import fashion_subset

@@ -19,8 +19,8 @@ import keras
 import tensorflow as tf
 
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
-from keras_largebatch.training.progress import Progress
 from keras_largebatch.training.steps.accumulation import accumulate_gradients
 from keras_largebatch.training.steps.grad_norm import estimate_grad_norm_scale
 

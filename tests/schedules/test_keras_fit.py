@@ -19,7 +19,7 @@ from keras_largebatch.schedules import (
     StepDecay,
     fit_with_batch_schedule,
 )
-from keras_largebatch.training.progress import Progress
+from keras_largebatch.schedules.progress import Progress
 
 N = 16  # samples
 
@@ -164,7 +164,7 @@ def test_fit_with_batch_schedule_phases_match_framework_loop():
 
 
 def test_fit_with_batch_schedule_adds_its_own_progress_callback(monkeypatch):
-    from keras_largebatch.training import progress as progress_lib
+    from keras_largebatch.schedules import progress as progress_lib
 
     fresh = Progress()
     monkeypatch.setattr(progress_lib, "_default_progress", fresh)

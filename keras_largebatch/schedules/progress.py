@@ -1,14 +1,27 @@
-"""Training progress in epochs and samples, held in variables (DESIGN.md: progress, not steps).
+"""The schedules' clock: training progress as a fractional epoch, held in TF variables.
 
-Steps per epoch change whenever the batch size changes, so every schedule in this package is a
-function of the fractional epoch
+**The rule: every schedule is keyed on the fractional epoch, never on steps.**
 
     epoch = epoch_index + step_in_epoch / steps_per_epoch
 
-held in `Progress.epoch`. The framework loop calls `begin_epoch` on the host and `advance` inside
-the compiled train step (after the optimizer update, so update k of an epoch sees
-epoch_index + k / steps_per_epoch); under `model.fit` the paired Keras callback
-(`keras_largebatch.schedules.ProgressCallback`) does the same from `on_train_batch_begin`.
+Steps per epoch change whenever the batch size changes (an AdaBatch phase that doubles the batch
+halves the steps), so "step 1000" is a different point of training under different batch
+schedules, while "epoch 12.5" is not. So every learning-rate schedule in
+`keras_largebatch.schedules` reads `Progress.epoch` and ignores the optimizer's iteration count,
+and every batch-size schedule is a function of the same epoch.
+
+**Who advances it.** The framework loop calls `begin_epoch` on the host at the start of every
+epoch and `advance` inside its compiled train step after each optimizer update, so update k of
+epoch i reads i + k / steps_per_epoch. Under plain `model.fit`,
+`keras_largebatch.schedules.ProgressCallback` sets the same value before every training batch.
+Apart from a checkpoint restore, nothing else moves it.
+
+**One process-wide clock.** `default_progress()` returns a single process-global `Progress`. A
+schedule built without an explicit `progress=` (in particular one deserialised from a config,
+which cannot carry a variable) reads it at call time, and the framework loop and
+`ProgressCallback` drive the same object by default, so schedule and driver pair up without any
+wiring. `set_default_progress` replaces it (a test installing a fresh one, say). Pass an explicit
+`Progress` to a schedule and to its driver to use a private clock instead.
 
 All variables live in one `Progress` object so one `tf.train.Checkpoint` entry restores them.
 """
@@ -51,7 +64,7 @@ class Progress(tf.Module):
         self._refresh()
 
     def set_fraction(self, epoch_index: int, step_in_epoch: int, steps_per_epoch: int):
-        """Used by the Keras callback: position = batch `step_in_epoch` of `epoch_index`."""
+        """Used by `ProgressCallback`: position = batch `step_in_epoch` of `epoch_index`."""
         self.begin_epoch(epoch_index, steps_per_epoch, step_in_epoch)
 
     def _refresh(self):
@@ -75,6 +88,6 @@ def default_progress() -> Progress:
 
 
 def set_default_progress(progress: Progress | None) -> None:
-    """Replace the process-wide Progress (the loop installs the one it created in scope)."""
+    """Replace the process-wide Progress; None makes the next `default_progress()` build one."""
     global _default_progress
     _default_progress = progress
