@@ -70,7 +70,7 @@ def test_gin_file_parses_and_builds(gin_file, tmp_path):
 @pytest.mark.parametrize("study_file", STUDY_FILES)
 def test_study_file_expands_and_its_runs_build(study_file, tmp_path):
     """A study (gin/studies/) expands to runs; the first and last run configs build."""
-    from keras_largebatch import sweep
+    from keras_largebatch.studies import grid as sweep
 
     gin.clear_config()
     study = sweep.load_study([str(REPO / study_file)], [])

@@ -10,11 +10,11 @@ import matplotlib.image
 import pytest
 import tensorflow as tf
 
-from keras_largebatch import plot
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.sweep import SWEEP_FILE
+from keras_largebatch.studies import plot
+from keras_largebatch.studies.manifest import SWEEP_FILE
 
-from .cli import REPO
+from ..cli import REPO
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -169,7 +169,8 @@ def test_warmup_variants_get_one_panel_each_not_one_mixed_curve(tmp_path):
 
 
 def test_cli_rejects_a_missing_folder(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "keras_largebatch.plot", str(tmp_path / "nope")],
+    proc = subprocess.run([sys.executable, "-m", "keras_largebatch.studies.plot",
+                           str(tmp_path / "nope")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
@@ -190,7 +191,7 @@ def test_a_subset_of_a_sweep_plots_into_its_own_folder(sweep_dir, tmp_path):
 
 
 def test_cli_rejects_a_runs_glob_that_matches_nothing(sweep_dir):
-    proc = subprocess.run([sys.executable, "-m", "keras_largebatch.plot", str(sweep_dir),
+    proc = subprocess.run([sys.executable, "-m", "keras_largebatch.studies.plot", str(sweep_dir),
                            "--runs=boom_*", "--notensorboard"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

@@ -13,10 +13,13 @@ import time
 
 import pytest
 
-from keras_largebatch import sweep as sw
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.studies import grid
+from keras_largebatch.studies import metrics as mx
+from keras_largebatch.studies import results as rs
+from keras_largebatch.studies import sweep as sw
 
-from .cli import REPO
+from ..cli import REPO
 
 TINY = ["fashion_mnist.max_train_examples = 2000", "fashion_mnist.max_test_examples = 1000",
         "train.epochs = 1"]
@@ -25,10 +28,11 @@ TINY = ["fashion_mnist.max_train_examples = 2000", "fashion_mnist.max_test_examp
 # ---- Study expansion and metrics (no processes) -------------------------------------------------
 
 def test_study_is_variants_times_grid_with_later_bindings_winning():
-    study = sw.sweep(base_gin_files=["gin/tests/tiny.gin"], base_bindings=["train.epochs = 2"],
-                     variants={"fixed": [], "ada": ["train.batch_schedule = @AdaBatch()"]},
-                     grid={"train.batch_size": [32, 256], "StepDecay.initial": [0.5, "%LR"]},
-                     metric="median_last5_test_accuracy")
+    study = grid.sweep(base_gin_files=["gin/tests/tiny.gin"],
+                       base_bindings=["train.epochs = 2"],
+                       variants={"fixed": [], "ada": ["train.batch_schedule = @AdaBatch()"]},
+                       grid={"train.batch_size": [32, 256], "StepDecay.initial": [0.5, "%LR"]},
+                       metric="median_last5_test_accuracy")
     assert [r.name for r in study.runs] == [
         "fixed__batch_size=32__initial=0.5", "fixed__batch_size=32__initial=LR",
         "fixed__batch_size=256__initial=0.5", "fixed__batch_size=256__initial=LR",
@@ -58,19 +62,19 @@ def test_study_is_variants_times_grid_with_later_bindings_winning():
 ])
 def test_bad_studies_name_the_value(kwargs, message):
     with pytest.raises(UserInputError, match=message.replace("(", r"\(")):
-        sw.sweep(**kwargs)
+        grid.sweep(**kwargs)
 
 
 def test_study_file_binds_only_sweep(tmp_path):
     path = tmp_path / "study.gin"
     path.write_text("# header\nsweep.base_gin_files = ['gin/tests/tiny.gin']\n"
                     "sweep.grid = {'train.learning_rate': [0.1, 0.01]}\n")
-    study = sw.load_study([str(path)], ["sweep.metric = 'final_train_loss'"])
+    study = grid.load_study([str(path)], ["sweep.metric = 'final_train_loss'"])
     assert [r.name for r in study.runs] == ["learning_rate=0.1", "learning_rate=0.01"]
     assert study.metric == "final_train_loss"
     path.write_text(path.read_text() + "train.epochs = 3\n")
     with pytest.raises(UserInputError, match="binds only sweep.*sweep.base_bindings"):
-        sw.load_study([str(path)])
+        grid.load_study([str(path)])
 
 
 def test_run_metrics_are_the_papers():
@@ -78,7 +82,7 @@ def test_run_metrics_are_the_papers():
                "batch_size": 100, "samples_per_second": 1000.0, "epoch_time_s": t}
               for i, (a, t) in enumerate(zip([0.5, 0.9, 0.6, 0.7, 0.8, 0.65, 0.75],
                                              [9.0, 2.0, 2.0, 3.0, 2.0, 2.0, 2.0]))]
-    m = sw.run_metrics({"status": "completed", "epochs": epochs})
+    m = mx.run_metrics({"status": "completed", "epochs": epochs})
     assert m["status"] == "completed" and m["diverged_epoch"] is None and m["epochs"] == 7
     assert m["median_last5_test_accuracy"] == 0.7  # of 0.6 0.7 0.8 0.65 0.75
     assert m["best_test_accuracy"] == 0.9 and m["final_test_accuracy"] == 0.75
@@ -86,13 +90,13 @@ def test_run_metrics_are_the_papers():
     assert m["final_train_loss"] == pytest.approx(1 / 7)
     assert m["epoch_time_s"] == 2.0 and m["update_time_ms"] == pytest.approx(100.0)
     # above the study's bound from epoch 1: diverged there; a NaN loss in epoch 3: there
-    assert sw.run_metrics({"status": "completed", "epochs": epochs},
+    assert mx.run_metrics({"status": "completed", "epochs": epochs},
                           loss_upper_bound=0.9)["diverged_epoch"] == 1
     epochs[2]["train_loss"] = math.nan
-    bad = sw.run_metrics({"status": "completed", "epochs": epochs})
+    bad = mx.run_metrics({"status": "completed", "epochs": epochs})
     assert (bad["status"], bad["diverged_epoch"]) == ("diverged", 3)
-    # the loop's own record of the epoch wins, in any of the spellings read
-    assert sw.run_metrics({"status": "diverged", "epochs": epochs,
+    # the loop's own record of the epoch wins (divergence.epoch; diverged_epoch: test_results)
+    assert mx.run_metrics({"status": "diverged", "epochs": epochs,
                            "divergence": {"epoch": 5, "step": 40}})["diverged_epoch"] == 5
 
 
@@ -135,8 +139,8 @@ def _headers(sweep_dir, name) -> int:
 
 
 def test_failures_and_divergences_are_recorded_and_the_sweep_goes_on(tmp_path, fake_python):
-    study = sw.sweep(variants={"good": [], "broken": ["train.crash = 1"]},
-                     grid={"train.learning_rate": [0.1, 1e6]})
+    study = grid.sweep(variants={"good": [], "broken": ["train.crash = 1"]},
+                       grid={"train.learning_rate": [0.1, 1e6]})
     out, lines = tmp_path / "sweep", []
     rows = sw.run_sweep(study, sweep_dir=str(out), python=fake_python, poll_s=0.05,
                         echo=lines.append)
@@ -164,10 +168,10 @@ def test_failures_and_divergences_are_recorded_and_the_sweep_goes_on(tmp_path, f
 
 
 def test_parallel_runs_overlap(tmp_path, fake_python):
-    study = sw.sweep(grid={"train.learning_rate": [0.1, 0.2]}, base_bindings=["fake.slow = 1"])
+    study = grid.sweep(grid={"train.learning_rate": [0.1, 0.2]}, base_bindings=["fake.slow = 1"])
     sw.run_sweep(study, sweep_dir=str(tmp_path), python=fake_python, parallel=2, poll_s=0.05,
                  echo=lambda _: None)
-    (a, b) = (sw.read_results(str(tmp_path / f"learning_rate={lr}")) for lr in (0.1, 0.2))
+    (a, b) = (rs.read_results(str(tmp_path / f"learning_rate={lr}")) for lr in (0.1, 0.2))
     assert a["start"] < b["end"] and b["start"] < a["end"]
 
 
@@ -175,7 +179,7 @@ def test_a_busy_sweep_dir_is_refused(tmp_path, fake_python):
     fd = sw._lock(str(tmp_path))  # as a live sweep (or a run it started) holds it
     try:
         with pytest.raises(UserInputError, match="in use by another sweep.*sweep pid"):
-            sw.run_sweep(sw.sweep(grid={"x.y": [1]}), sweep_dir=str(tmp_path),
+            sw.run_sweep(grid.sweep(grid={"x.y": [1]}), sweep_dir=str(tmp_path),
                          python=fake_python)
     finally:
         os.close(fd)
@@ -189,7 +193,7 @@ GRID_RUNS = ["learning_rate=0.05__batch_size=250", "learning_rate=0.05__batch_si
 
 def _sweep_cli(*args, **kwargs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return [sys.executable, "-m", "keras_largebatch.sweep", *args], dict(
+    return [sys.executable, "-m", "keras_largebatch.studies.sweep", *args], dict(
         cwd=REPO, env=env, text=True, **kwargs)
 
 
@@ -209,7 +213,7 @@ def real_sweep(tmp_path_factory):
     first = subprocess.Popen(cmd, **kw)
     results = out / GRID_RUNS[0] / "results.json"
     deadline = time.time() + 240
-    while not sw.is_finished(str(out / GRID_RUNS[0])):
+    while not rs.is_finished(str(out / GRID_RUNS[0])):
         assert first.poll() is None and time.time() < deadline, "first run did not finish"
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # the sweep and the run it started next
@@ -250,7 +254,7 @@ def test_real_divergence_is_recorded_with_its_epoch(real_sweep):
         rows = {r["run"]: r for r in csv.DictReader(f)}
     for name in GRID_RUNS[2:]:
         assert (rows[name]["status"], rows[name]["diverged_epoch"]) == ("diverged", "1")
-        results = sw.read_results(str(real_sweep["out"] / name))
+        results = rs.read_results(str(real_sweep["out"] / name))
         losses = [e["train_loss"] for e in results["epochs"]]  # empty if stopped mid-epoch
         reason = str((results.get("divergence") or {}).get("reason", ""))
         assert not all(map(math.isfinite, losses)) or re.search("nan|inf", reason, re.I)

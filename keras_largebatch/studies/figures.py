@@ -1,0 +1,168 @@
+"""The figures of the papers, from plain data to PNG: no run folders, no TensorFlow.
+
+    from keras_largebatch.studies import figures
+    figures.plot_test_error({"m = 32": ([1, 2, 3], [40.0, 30.0, 25.0])}, "test_error.png")
+
+`python -m keras_largebatch.studies.plot runs/<dir>` reads runs and calls these; notebooks can
+call them directly with arrays. Each function returns the path of the PNG it wrote.
+
+    plot_test_error             test error vs epoch, one line per run   seed 000 Figs 1-2, 4-7
+    plot_accuracy_vs_base_lr    accuracy vs eta/m, a curve per batch    seed 001 Figs 1-12
+    plot_train_loss             training loss per epoch                 seed 002 Figs 1, 4
+    plot_batch_size_per_update  batch size of every update              seed 002 Figs 3, 5
+    plot_gradient_norm          gradient L2 norm over training          seed 003 Fig. 4
+    plot_lars_local_lr          LARS local LR per layer over training   seed 004 Fig. 2
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+Curve = tuple[Sequence[float], Sequence[float]]
+
+
+def _figure(width: float = 6.4, height: float = 4.2):
+    fig = Figure(figsize=(width, height), dpi=100)
+    return fig, fig.add_subplot()
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for ax in fig.axes:  # epochs are whole numbers: no 1.25-epoch ticks on short runs
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _lines(ax, curves: Mapping[str, Curve], **kwargs) -> None:
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label, **kwargs)
+    if curves:
+        ax.legend(fontsize="small", ncol=2 if len(curves) > 6 else 1)
+    ax.grid(alpha=0.3)
+
+
+def _log_if_wide(ax, curves: Mapping[str, Curve], axis: str = "y") -> None:
+    values = np.concatenate([np.asarray(c[1], float) for c in curves.values()] or [[]])
+    values = values[np.isfinite(values)]
+    if values.size and values.min() > 0 and values.max() / values.min() > 20:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def plot_test_error(curves: Mapping[str, Curve], path: str, *,
+                    title: str = "Test error") -> str:
+    """Test error (%) vs epoch, one line per run: {label: (epochs, error_percent)}."""
+    fig, ax = _figure()
+    _lines(ax, curves)
+    ax.set(xlabel="epoch", ylabel="test error (%)", title=title)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
+                             ylabel: str = "test accuracy (%)",
+                             title: str = "Test accuracy vs base learning rate") -> str:
+    """Seed 001's figure: accuracy vs eta~ = eta/m on a log2 axis, one curve per batch size.
+
+    `points`: dicts with batch_size, base_lr, accuracy (fraction), diverged (bool) and an
+    optional variant (e.g. warmup / no_warmup: one panel each, as seed 001 Figs 1 and 16 are
+    separate figures). Diverged runs are an x near the bottom of the axis in their batch size's
+    colour, one row per batch size.
+    """
+    panels: dict[str, list[Mapping]] = {}
+    for p in points:
+        panels.setdefault(p.get("variant") or "", []).append(p)
+    fig = Figure(figsize=(6.4 * max(1, len(panels)) * 0.8 + 1.3, 4.2), dpi=100)
+    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
+    cmap = matplotlib.colormaps["viridis"]
+    sizes = sorted({int(p["batch_size"]) for p in points})
+    colors = {m: cmap(i / max(1, len(sizes) - 1)) for i, m in enumerate(sizes)}
+    lrs = [p["base_lr"] for p in points]
+    for ax, (variant, group_points) in zip(axes, panels.items() or [("", [])]):
+        failed = []
+        for m in sizes:
+            group = sorted((p for p in group_points if int(p["batch_size"]) == m),
+                           key=lambda p: p["base_lr"])
+            ok = [p for p in group if not p["diverged"] and p["accuracy"] is not None
+                  and math.isfinite(p["accuracy"])]
+            ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
+                    color=colors[m], label=f"m = {m}")
+            row = 0.03 + 0.035 * sizes.index(m)  # one row of x per batch size: no overlaps
+            failed += [(p["base_lr"], row, colors[m]) for p in group if p not in ok]
+        if failed:  # at the bottom of the axis (x in data, y in axes coordinates)
+            ax.scatter([x for x, _, _ in failed], [y for _, y, _ in failed], marker="x", s=40,
+                       c=[c for _, _, c in failed], transform=ax.get_xaxis_transform(),
+                       label="diverged")
+        ax.set_xscale("log", base=2)
+        if lrs:
+            ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
+        ax.set(xlabel=r"base learning rate $\tilde\eta = \eta / m$",
+               title=f"{title}: {variant}" if variant else title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", ncol=2 if len(sizes) > 5 else 1)
+    axes[0].set_ylabel(ylabel)
+    return _save(fig, path)
+
+
+def plot_train_loss(curves: Mapping[str, Curve], path: str, *,
+                    title: str = "Training loss per epoch", ylabel: str = "training loss") -> str:
+    """Training loss vs epoch, one line per run: {label: (epochs, loss)}."""
+    fig, ax = _figure()
+    _lines(ax, curves)
+    _log_if_wide(ax, curves)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    return _save(fig, path)
+
+
+def plot_batch_size_per_update(curves: Mapping[str, Curve], path: str, *,
+                               title: str = "Batch size per update") -> str:
+    """Batch size of every update vs update index: {label: (iterations, batch_sizes)}."""
+    fig, ax = _figure()
+    for label, (x, y) in curves.items():
+        ax.step(x, y, where="post", label=label, linewidth=1)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    _log_if_wide(ax, curves)
+    ax.set(xlabel="iteration (update)", ylabel="batch size", title=title)
+    return _save(fig, path)
+
+
+def plot_gradient_norm(curves: Mapping[str, Curve], path: str, *, xlabel: str = "epoch",
+                       title: str = "Gradient L2 norm") -> str:
+    """Gradient L2 norm over training: {label: (step, norm)}."""
+    fig, ax = _figure()
+    _lines(ax, curves)
+    _log_if_wide(ax, curves)
+    ax.set(xlabel=xlabel, ylabel=r"$\|g\|_2$", title=title)
+    return _save(fig, path)
+
+
+def plot_lars_local_lr(panels: Mapping[str, Mapping[str, Curve]], path: str, *,
+                       xlabel: str = "epoch") -> str:
+    """Seed 004 Fig. 2: LARS local LR per layer over training, one panel per run.
+
+    `panels`: {run label: {variable: (steps, local_lr)}}.
+    """
+    n = max(1, len(panels))
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), dpi=100)
+    for i, (label, layers) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for layer, (x, y) in layers.items():
+            ax.plot(x, y, label=layer, linewidth=1.2)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.set(xlabel=xlabel, ylabel=r"local LR $\lambda^l$", title=label)
+        ax.legend(fontsize="x-small")
+    return _save(fig, path)

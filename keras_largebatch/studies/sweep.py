@@ -1,0 +1,282 @@
+"""Run a study: a grid of gin bindings, one real `keras_largebatch.main` process per run.
+
+    python -m keras_largebatch.studies.sweep --gin_file=gin/studies/<study>.gin \\
+        [--sweep_dir=runs/<study>] [--parallel=2] [--dry_run] [--noplot]
+
+A study file binds only `sweep.*`; what the runs themselves train is named by
+`sweep.base_gin_files` and bound by strings, so the sweep process never parses (or imports) the
+runs' `train.*` configurables:
+
+    sweep.description = 'seed 001 3.3: accuracy vs base LR, one curve per batch size'
+    sweep.base_gin_files = ['gin/tests/tiny.gin']        # every run: --gin_file=...
+    sweep.base_bindings = ['train.epochs = 4',           # every run: --gin_bindings=...
+                           "train.lr_scaling = 'linear'"]
+    sweep.variants = {'no_warmup': [],                   # named groups of bindings (optional)
+                      'warmup': ['train.learning_rate = @LinearWarmup()', ...]}
+    sweep.grid = {'train.batch_size': [32, 256],         # the product, per variant (optional)
+                  'train.learning_rate': [0.001, 0.004]}  # literals only
+    sweep.metric = 'median_last5_test_accuracy'          # the paper's metric (see METRICS)
+
+Runs are `<variant>__<key>=<value>__...` folders of `--sweep_dir`; each gets
+`base bindings + variant bindings + grid bindings` (later wins). Grid values are Python literals
+written with repr(); a string starting with '@' or '%' is written verbatim (a gin reference or
+macro). Rerunning the same command resumes: runs whose results.json has a final status
+(completed, diverged) are skipped, the others are launched again with the same command and resume
+from their checkpoints. A diverged run is recorded with its epoch and the sweep goes on; a run
+that exits non-zero without results.json is recorded as failed (its log is in logs/<run>.log).
+After every run, <sweep_dir>/summary.csv and summary.md are rewritten (one row per run: grid
+values, status, diverged_epoch and every METRICS value); at the end the plots
+(keras_largebatch.studies.plot) are regenerated. <sweep_dir>/sweep.json keeps each run's command and
+last outcome; logs/<run>.log its output.
+
+`--parallel N` starts N runs at once and gives each cores/N TensorFlow threads. A lock on
+<sweep_dir>/.sweep.lock, inherited by the runs, refuses a second sweep on the same folder while
+this one or any run it started is alive. SIGTERM / Ctrl-C stop the running runs with SIGTERM
+(they checkpoint and resume next time). `--dry_run` prints each run's command.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from keras_largebatch import validate
+from keras_largebatch.errors import UserInputError
+from keras_largebatch.studies import results as rs
+from keras_largebatch.studies.grid import LOCK_FILE, LOGS_DIR, Study, load_study
+from keras_largebatch.studies.manifest import SWEEP_FILE, read_manifest
+from keras_largebatch.studies.metrics import run_metrics
+from keras_largebatch.studies.results import FINAL_STATUSES, is_finished, read_results
+from keras_largebatch.studies.summary import cell, summary_rows, write_summary
+
+# ---- Running ------------------------------------------------------------------------------------
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum, frame):
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def _lock(sweep_dir: str) -> int:
+    """An exclusive flock on <sweep_dir>/.sweep.lock, inherited by the runs it starts, so a
+    second sweep is refused while this one or any run it started still lives."""
+    fd = os.open(os.path.join(sweep_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with open(os.path.join(sweep_dir, LOCK_FILE)) as f:
+            holder = f.read().strip() or "?"
+        os.close(fd)
+        raise UserInputError(f"{sweep_dir} is in use by another sweep or a run it started "
+                             f"({holder}); wait for it or end it, then rerun") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"sweep pid {os.getpid()}".encode())
+    return fd
+
+
+def _error_line(log_path: str) -> str:
+    """The last `error:` line of a run's log (else its last line): why the run failed."""
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("error:")]
+    tail = [line for line in lines if line.strip()]
+    return (errors or tail or [""])[-1][:300]
+
+
+def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "",
+              python: str = sys.executable, poll_s: float = 0.5, echo=None) -> list[dict]:
+    """Run every unfinished run of `study` (at most `parallel` at once); returns summary rows.
+
+    SIGTERM / SIGINT end the running runs with SIGTERM (they resume next time) and re-raise
+    KeyboardInterrupt after the summary is written.
+    """
+    echo = echo or functools.partial(print, flush=True)
+    parallel = validate.whole("--parallel", parallel, minimum=1,
+                              fix="pass the number of runs to train at once")
+    if parallel > (os.cpu_count() or 1):
+        echo(f"warning: --parallel={parallel} exceeds the {os.cpu_count()} CPU cores; runs will "
+             "be slower each, and timing metrics are not comparable")
+    os.makedirs(os.path.join(sweep_dir, LOGS_DIR), exist_ok=True)
+    lock_fd = _lock(sweep_dir)
+    try:
+        return _run_locked(study, sweep_dir=sweep_dir, parallel=parallel, title=title,
+                           python=python, poll_s=poll_s, echo=echo, lock_fd=lock_fd)
+    finally:
+        os.close(lock_fd)
+
+
+def _run_locked(study: Study, *, sweep_dir: str, parallel: int, title: str, python: str,
+                poll_s: float, echo, lock_fd: int) -> list[dict]:
+    """`run_sweep` once <sweep_dir>/.sweep.lock is held (`lock_fd`, passed on to the runs)."""
+    title = title or os.path.basename(os.path.abspath(sweep_dir))
+    manifest_path = os.path.join(sweep_dir, SWEEP_FILE)
+    state: dict[str, dict] = read_manifest(sweep_dir).get("runs") or {}
+
+    def save() -> list[dict]:
+        rs.write_json_atomic(manifest_path, {
+            "title": title, "metric": study.metric, "description": study.description,
+            "grid_keys": list(study.grid_keys), "base_lr_key": study.base_lr_key,
+            "loss_upper_bound": study.loss_upper_bound,
+            "order": [spec.name for spec in study.runs], "runs": state})
+        rows = summary_rows(study, sweep_dir, state)
+        write_summary(study, sweep_dir, rows, title)
+        return rows
+
+    queue = []
+    for spec in study.runs:
+        run_dir = os.path.join(sweep_dir, spec.name)
+        command = spec.command(run_dir, python)
+        old = state.get(spec.name, {})
+        if is_finished(run_dir):
+            if old.get("command") and old["command"] != command:
+                echo(f"warning: {spec.name} finished with a different command; delete "
+                     f"{run_dir} to run it with the current study")
+            echo(f"skip {spec.name}: {read_results(run_dir).get('status')}")
+            continue
+        state[spec.name] = {**old, "command": command, "status": "pending"}
+        queue.append((spec, run_dir, command))
+    save()
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    if parallel > 1:  # share the cores instead of oversubscribing them
+        threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        env.setdefault("TF_NUM_INTRAOP_THREADS", threads)
+        env.setdefault("TF_NUM_INTEROP_THREADS", threads)
+    active: dict[str, tuple[subprocess.Popen, float, str]] = {}
+    total, done = len(queue), 0
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while queue or active:
+            while queue and len(active) < parallel:
+                spec, run_dir, command = queue.pop(0)
+                log_path = os.path.join(sweep_dir, LOGS_DIR, f"{spec.name}.log")
+                with open(log_path, "a") as log:
+                    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                              f"{' '.join(command)}\n")
+                    log.flush()
+                    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, pass_fds=(lock_fd,))
+                active[spec.name] = (proc, time.perf_counter(), log_path)
+                state[spec.name]["status"] = "running"
+                echo(f"start {spec.name}" + (" (resuming)" if os.path.isdir(os.path.join(
+                    run_dir, "checkpoints")) else ""))
+            time.sleep(poll_s)
+            for name in [n for n, (p, _, _) in active.items() if p.poll() is not None]:
+                proc, start, log_path = active.pop(name)
+                done += 1
+                run_dir = os.path.join(sweep_dir, name)
+                info = state[name]
+                info["returncode"] = proc.returncode
+                try:
+                    results, damage = read_results(run_dir), ""
+                except UserInputError as e:  # cannot come from the loop's atomic writer
+                    results, damage = None, e.line
+                if results is not None and results.get(rs.STATUS) in FINAL_STATUSES:
+                    m = run_metrics(results, loss_upper_bound=study.loss_upper_bound)
+                    info.update(status=m["status"], error="")
+                    extra = (f" at epoch {m['diverged_epoch']}" if m["status"] == "diverged"
+                             else f", {study.metric} = {cell(m[study.metric], True)}")
+                else:
+                    info.update(status="failed", error=damage or _error_line(log_path) or
+                                f"exit status {proc.returncode} and no {rs.RESULTS_FILE}")
+                    extra = f": {info['error']}"
+                echo(f"[{done}/{total}] {name}: {info['status']}{extra} "
+                     f"({time.perf_counter() - start:.0f} s)")
+                save()
+    except (_Interrupted, KeyboardInterrupt) as e:
+        echo(f"interrupted ({e or 'SIGINT'}): stopping {len(active)} run(s); rerun the same "
+             "command to resume")
+        for proc, _, _ in active.values():
+            proc.terminate()
+        for name, (proc, _, _) in active.items():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            state[name]["status"] = "interrupted"
+        save()
+        raise KeyboardInterrupt from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return save()
+
+
+# ---- Command line -------------------------------------------------------------------------------
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_multi_string("gin_file", [], "Study gin file(s): sweep.* bindings.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra sweep.* bindings.")
+    flags.DEFINE_string("sweep_dir", None, "Output folder (default runs/<study file name>).")
+    flags.DEFINE_integer("parallel", 1, "Runs at once.")
+    flags.DEFINE_bool("dry_run", False, "Print each run's command and exit.")
+    flags.DEFINE_bool("plot", True, "Regenerate the plots (keras_largebatch.studies.plot) at the "
+                      "end.")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+    if not FLAGS.gin_file:
+        _fail("no study given; pass --gin_file=gin/studies/<study>.gin")
+    name = os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0]
+    sweep_dir = FLAGS.sweep_dir or os.path.join("runs", name)
+    try:
+        study = load_study(FLAGS.gin_file, FLAGS.gin_bindings)
+        if FLAGS.dry_run:
+            for spec in study.runs:
+                print(" ".join(repr(a) if " " in a else a
+                               for a in spec.command(os.path.join(sweep_dir, spec.name))))
+            return
+        rows = run_sweep(study, sweep_dir=sweep_dir, parallel=FLAGS.parallel, title=name)
+    except UserInputError as e:
+        _fail(e.line)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(f"summary: {os.path.join(sweep_dir, 'summary.md')}")
+    if FLAGS.plot:
+        from keras_largebatch.studies import plot
+
+        try:
+            for path in plot.plot_dir(sweep_dir):
+                print(f"plot: {path}")
+        except Exception as e:  # the runs and summary stand; plots can be regenerated alone
+            print(f"warning: plotting failed ({type(e).__name__}: {e}); rerun "
+                  f"python -m keras_largebatch.studies.plot {sweep_dir}", file=sys.stderr)
+    failed = [r["run"] for r in rows if r["status"] not in FINAL_STATUSES]
+    if failed:
+        print(f"error: {len(failed)} run(s) did not finish: {', '.join(failed)}; see "
+              f"{os.path.join(sweep_dir, LOGS_DIR)} and rerun the same command", file=sys.stderr)
+        sys.exit(1)
+
+
+def run() -> None:
+    from absl import app
+
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
