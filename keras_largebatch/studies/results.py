@@ -18,7 +18,7 @@ that is not a whole number, ...) raises a one-line `UserInputError` naming the f
 field, so the command lines print one `error:` line instead of a traceback. Epoch records that
 are not objects are skipped, and a value that is not a number reads as missing (`number`).
 
-A leaf module: it imports nothing from keras_largebatch but `errors` and `validate`.
+A leaf module: it imports nothing from keras_largebatch but `errors`, `files` and `validate`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import TypedDict
 
 from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.files import write_json_atomic
 
 RESULTS_FILE = "results.json"
 
@@ -186,26 +186,6 @@ def is_finished(run_dir: str) -> bool:
     """Whether the run's results.json has a final status (completed, diverged)."""
     results = read_results(run_dir)
     return results is not None and results.get(STATUS) in FINAL_STATUSES
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: a kill never leaves half a
-    file (the same writer as training/run_dir.py, which this leaf module does not import)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared/read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json_atomic(path: str, data) -> None:
-    """`data` as indented JSON with sorted keys (NaN / Infinity allowed), written atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def write_results(run_dir: str, results: dict) -> str:

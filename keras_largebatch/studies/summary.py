@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Mapping
 
+from keras_largebatch import files
 from keras_largebatch.studies import results as rs
 from keras_largebatch.studies.grid import Study
 from keras_largebatch.studies.metrics import METRICS, run_metrics
@@ -82,4 +83,4 @@ def write_summary(study: Study, sweep_dir: str, rows: list[dict], title: str) ->
         best = (max if METRICS[metric][1] else min)(scored, key=lambda r: r[metric])
         lines += ["", f"Best completed run by `{metric}`: {best['run']} "
                   f"({cell(best[metric], True)})."]
-    rs.write_text_atomic(os.path.join(sweep_dir, "summary.md"), "\n".join(lines) + "\n")
+    files.write_text_atomic(os.path.join(sweep_dir, "summary.md"), "\n".join(lines) + "\n")

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 
-from keras_largebatch import validate
+from keras_largebatch import files, validate
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.studies import results as rs
 from keras_largebatch.studies.grid import LOCK_FILE, LOGS_DIR, Study, load_study
@@ -123,7 +123,7 @@ def _run_locked(study: Study, *, sweep_dir: str, parallel: int, title: str, pyth
     state: dict[str, dict] = read_manifest(sweep_dir).get("runs") or {}
 
     def save() -> list[dict]:
-        rs.write_json_atomic(manifest_path, {
+        files.write_json_atomic(manifest_path, {
             "title": title, "metric": study.metric, "description": study.description,
             "grid_keys": list(study.grid_keys), "base_lr_key": study.base_lr_key,
             "loss_upper_bound": study.loss_upper_bound,

@@ -48,6 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_largebatch import files
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.training import run_dir as rundir
 
@@ -197,7 +198,7 @@ class Checkpointer:
         self.manager.save(checkpoint_number=updates)
         self.last_saved = updates
         if self.chief:
-            rundir.write_json_atomic(os.path.join(self.run_dir, rundir.HISTORY_FILE),
+            files.write_json_atomic(os.path.join(self.run_dir, rundir.HISTORY_FILE),
                                      self.history)
         return True
 

@@ -20,6 +20,7 @@ import time
 import keras
 
 from keras_largebatch.data.pipeline import steps_per_epoch, train_dataset_fn
+from keras_largebatch.studies import results as rs
 from keras_largebatch.training.actions import Rewind, StepOutput, Stop
 from keras_largebatch.training.build import current_lr
 from keras_largebatch.training.checkpoint import Position
@@ -106,34 +107,34 @@ class EpochRunner:
         test_result = self.evaluate(self.test_data)
         full = self.evaluate(self.train_data) if self.train_data is not None else None
         record = {
-            "epoch": epoch + 1,
-            "train_loss": train_result["loss"],
-            "train_accuracy": train_result["accuracy"],
-            "test_loss": test_result["loss"],
-            "test_accuracy": test_result["accuracy"],
-            "learning_rate": epoch_lr,
-            "batch_size": phase.batch_size,
-            "effective_batch_size": phase.batch_size * repeats,
-            "repeats": repeats,
-            "gradient_norm": parts.metrics.gradient_norm(),
+            rs.EPOCH: epoch + 1,
+            rs.TRAIN_LOSS: train_result["loss"],
+            rs.TRAIN_ACCURACY: train_result["accuracy"],
+            rs.TEST_LOSS: test_result["loss"],
+            rs.TEST_ACCURACY: test_result["accuracy"],
+            rs.LEARNING_RATE: epoch_lr,
+            rs.BATCH_SIZE: phase.batch_size,
+            rs.EFFECTIVE_BATCH_SIZE: phase.batch_size * repeats,
+            rs.REPEATS: repeats,
+            rs.GRADIENT_NORM: parts.metrics.gradient_norm(),
             **parts.step.epoch_scalars(),
-            **({"full_train_loss": full["loss"],
-                "full_train_accuracy": full["accuracy"]} if full else {}),
-            "samples_per_second": (steps - skip) * phase.batch_size / epoch_time,
-            "epoch_time_s": epoch_time,
+            **({rs.FULL_TRAIN_LOSS: full["loss"],
+                rs.FULL_TRAIN_ACCURACY: full["accuracy"]} if full else {}),
+            rs.SAMPLES_PER_SECOND: (steps - skip) * phase.batch_size / epoch_time,
+            rs.EPOCH_TIME_S: epoch_time,
         }
         self.checkpointer.history.append(record)
         self.summaries.scalars({
-            "train/loss": record["train_loss"], "train/accuracy": record["train_accuracy"],
-            "test/loss": record["test_loss"], "test/accuracy": record["test_accuracy"],
-            "learning_rate": record["learning_rate"], "batch_size": phase.batch_size,
-            "samples_per_second": record["samples_per_second"],
+            "train/loss": record[rs.TRAIN_LOSS], "train/accuracy": record[rs.TRAIN_ACCURACY],
+            "test/loss": record[rs.TEST_LOSS], "test/accuracy": record[rs.TEST_ACCURACY],
+            "learning_rate": epoch_lr, "batch_size": phase.batch_size,
+            "samples_per_second": record[rs.SAMPLES_PER_SECOND],
             "epoch_time_s": epoch_time,
             "effective_batch_size": phase.batch_size * repeats, "repeats": repeats,
             **({"train_full/loss": full["loss"],
                 "train_full/accuracy": full["accuracy"]} if full else {}),
-            **({"train/gradient_norm": record["gradient_norm"]}
-               if record["gradient_norm"] is not None else {}),
+            **({"train/gradient_norm": record[rs.GRADIENT_NORM]}
+               if record[rs.GRADIENT_NORM] is not None else {}),
             **parts.step.epoch_scalars(),
             **({"grad_scale": float(parts.step.grad_scale.numpy())}
                if self.config.optimization.adapt_grad_norm_every else {}),

@@ -26,6 +26,7 @@ from keras_largebatch.data import DataSource, eval_dataset, get_source
 from keras_largebatch.data.pipeline import train_eval_dataset
 from keras_largebatch.optimizers.lars_callback import find_lars
 from keras_largebatch.schedules.progress import default_progress
+from keras_largebatch.studies import results as rs
 from keras_largebatch.training import build
 from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.actions import Stop
@@ -227,33 +228,33 @@ def run(config: RunConfig, *, run_dir: str, components: Components, signals: Sig
 
     # ---- Results ----------------------------------------------------------------------------
     history = checkpointer.history
-    test_acc = [h["test_accuracy"] for h in history]
+    test_acc = [h[rs.TEST_ACCURACY] for h in history]
     weights_sha256 = checkpointer.weights_sha256()
     results = {
-        "status": stop.status if stop else "completed",
+        rs.STATUS: stop.status if stop else rs.COMPLETED,
         "dataset": source.name,
         "model": o.model,
         "optimizer": o.optimizer,
         "replicas": replicas,
-        "epochs": history,
-        "final_test_accuracy": test_acc[-1] if test_acc else None,
-        "best_test_accuracy": max(test_acc) if test_acc else None,
-        "batch_size_per_epoch": [h["batch_size"] for h in history],
-        "wall_time_s": time.perf_counter() - wall_start,
+        rs.EPOCHS: history,
+        rs.FINAL_TEST_ACCURACY: test_acc[-1] if test_acc else None,
+        rs.BEST_TEST_ACCURACY: max(test_acc) if test_acc else None,
+        rs.BATCH_SIZE_PER_EPOCH: [h[rs.BATCH_SIZE] for h in history],
+        rs.WALL_TIME_S: time.perf_counter() - wall_start,
         "trace_count": parts.step.trace_count,
-        "restores": checkpointer.state.restores,
-        "weights_sha256": weights_sha256,
+        rs.RESTORES: checkpointer.state.restores,
+        rs.WEIGHTS_SHA256: weights_sha256,
         **(stop.fields if stop else {}),
     }
     if chief:
-        rundir.write_json_atomic(os.path.join(run_dir, rundir.RESULTS_FILE), results)
+        rs.write_results(run_dir, results)
     checkpointer.finish(completed=stop is None)  # model.keras; a worker's private dir removed
     summaries.flush()
     if verbose:
         print(f"Final weights sha256: {weights_sha256}", flush=True)
         if test_acc:
             print(f"Final test accuracy: {test_acc[-1]:.4f} (best {max(test_acc):.4f}); "
-                  f"results in {os.path.join(run_dir, rundir.RESULTS_FILE)}", flush=True)
+                  f"results in {os.path.join(run_dir, rs.RESULTS_FILE)}", flush=True)
     return results
 
 

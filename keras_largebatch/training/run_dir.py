@@ -5,15 +5,13 @@ holds a run of a different config is refused rather than silently mixed."""
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import shutil
-import tempfile
 
+from keras_largebatch import files
 from keras_largebatch.errors import UserInputError
 
 CONFIG_FILE = "config.gin"
-RESULTS_FILE = "results.json"
 HISTORY_FILE = "history.json"
 
 
@@ -43,25 +41,4 @@ def prepare(run_dir: str, config_text: str, *, overwrite: bool) -> None:
     if overwrite and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    write_text_atomic(os.path.join(run_dir, CONFIG_FILE), config_text)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write via a temporary file and rename, so a kill never leaves half a file."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared/read
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str, default=None):
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
+    files.write_text_atomic(os.path.join(run_dir, CONFIG_FILE), config_text)
