@@ -36,7 +36,7 @@ from keras_largebatch.schedules import (
 )
 from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.accumulation import plan_micro_batches
-from keras_largebatch.training.ba_step import BAChunkStep
+from keras_largebatch.training.steps.ba_step import BAChunkStep
 from keras_largebatch.training.checkpointing import ROLLBACK, STOP, RunKeeper, check_every_steps
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.inputs import epoch_inputs, release_in_background
