@@ -36,7 +36,6 @@ from keras_largebatch.schedules import (
 )
 from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.accumulation import plan_micro_batches
-from keras_largebatch.training.steps.ba_step import BAChunkStep
 from keras_largebatch.training.checkpointing import ROLLBACK, STOP, RunKeeper, check_every_steps
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.inputs import epoch_inputs, release_in_background
@@ -44,6 +43,7 @@ from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
 from keras_largebatch.training.progress import default_progress
 from keras_largebatch.training.step import TrainStep, per_example_loss_fn
+from keras_largebatch.training.steps.ba_step import BAChunkStep
 from keras_largebatch.training.strategy import is_chief, make_strategy
 from keras_largebatch.training.summaries import Summaries
 

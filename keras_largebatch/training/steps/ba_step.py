@@ -17,10 +17,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_largebatch.training.steps.ba_model import ba_chunk_step
 from keras_largebatch.training.metrics import RunningMetrics
 from keras_largebatch.training.progress import Progress
 from keras_largebatch.training.step import per_example_loss_fn
+from keras_largebatch.training.steps.ba_model import ba_chunk_step
 
 
 class BAChunkStep:
