@@ -39,8 +39,8 @@ import tensorflow as tf  # noqa: E402
 
 from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
-from keras_largebatch.optimizers.ba_model import ba_chunk_step  # noqa: E402
 from keras_largebatch.optimizers.ba_momentum import BAMomentum  # noqa: E402
+from keras_largebatch.training.steps.ba_model import ba_chunk_step  # noqa: E402
 
 
 def real_chunks(m0: int, samples: int) -> list[tuple[tf.Tensor, tf.Tensor]]:

@@ -2,22 +2,20 @@
 
 - `LARS` (seed 004) and `LarsTrustRatioLogger` (trust ratios to TensorBoard under model.fit).
 - `BAMomentum` (seed 002; momentum=0 is BA-SGD), its maths (`expected_next_state`, Eq. 7;
-  `optimal_batch_size`, Eq. 9), `BAModel` for model.fit and `ba_chunk_step` for custom loops.
+  `optimal_batch_size`, Eq. 9) and its covariance estimators (ba_covariance.py). The train
+  steps that drive it (`BAModel` for model.fit, `ba_chunk_step` for custom loops) live in
+  `keras_largebatch.training.steps`.
 """
 
 from keras_largebatch.optimizers.ba_math import expected_next_state, optimal_batch_size
-from keras_largebatch.optimizers.ba_model import BAModel, BATrainStep, ba_chunk_step
 from keras_largebatch.optimizers.ba_momentum import BAMomentum
 from keras_largebatch.optimizers.lars import LARS
 from keras_largebatch.optimizers.lars_callback import LarsTrustRatioLogger
 
 __all__ = [
-    "BAModel",
     "BAMomentum",
-    "BATrainStep",
     "LARS",
     "LarsTrustRatioLogger",
-    "ba_chunk_step",
     "expected_next_state",
     "optimal_batch_size",
 ]

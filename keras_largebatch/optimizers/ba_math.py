@@ -38,7 +38,7 @@ k = eta sigma and h(tau) = tau L(|c| / tau) = E[(tau Z - |c|)^+], which is incre
 in tau. With t = 1 / sqrt(m), u = t^2 (A - 2 h(k t)) and du/dt = 2 t psi(t) where
 psi(t) = A - 2 h(k t) - k t h'(k t) has psi'(t) = -3 k h'(k t) - k^2 t h''(k t) <= 0. So du/dt
 changes sign at most once (from + to -): u rises then falls in t, hence in m, and its maximisers
-form one interval. (The authors' code binary-searches du/dm on the same assumption.)
+form one interval.
 
 `optimal_batch_size` (NumPy, the reference) scans every integer 1..max_batch_size, vectorised;
 `tf_optimal_batch_size` (in the train step) uses the unimodality: three or four stages of 64

@@ -26,12 +26,12 @@ from keras_largebatch.schedules import (
     BatchScheduleMultiplier,
     FixedBatch,
 )
-from keras_largebatch.training.ba_step import BAChunkStep
 from keras_largebatch.training.components import Components
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.steps.accumulation import plan_micro_batches
+from keras_largebatch.training.steps.ba_step import BAChunkStep
 from keras_largebatch.training.steps.train_step import TrainStep, per_example_loss_fn
 
 

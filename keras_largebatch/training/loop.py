@@ -34,13 +34,13 @@ from keras_largebatch.training.actions.checkpoint import PeriodicCheckpoint
 from keras_largebatch.training.actions.divergence import DivergenceCheck
 from keras_largebatch.training.actions.preemption import PreemptionCheckpoint
 from keras_largebatch.training.actions.step_summaries import StepSummaries
-from keras_largebatch.training.ba_step import BAChunkStep
 from keras_largebatch.training.checkpoint import Checkpointer
 from keras_largebatch.training.components import Components
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.epoch import EpochRunner
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.signals import SignalCatcher
+from keras_largebatch.training.steps.ba_step import BAChunkStep
 from keras_largebatch.training.strategy import is_chief
 from keras_largebatch.training.summaries import Summaries
 
