@@ -260,7 +260,10 @@ def test_dropout_gives_m_different_copies_inside_the_model():
     train_act = keras.ops.convert_to_numpy(probe(x, training=True)).reshape(m, b, -1)
     eval_act = keras.ops.convert_to_numpy(probe(x, training=False)).reshape(m, b, -1)
     for i in range(b):
-        assert all(np.array_equal(eval_act[0, i], eval_act[j, i]) for j in range(m))
+        # Equal up to float rounding: oneDNN may vectorise rows at different batch positions
+        # differently (bitwise equality failed on a loaded machine, also before issue 12).
+        for j in range(m):
+            np.testing.assert_allclose(eval_act[j, i], eval_act[0, i], rtol=1e-5, atol=1e-6)
         for j in range(1, m):
             assert not np.array_equal(train_act[0, i], train_act[j, i])
     # The masks are independent: the copies' zero patterns mostly disagree where active.
