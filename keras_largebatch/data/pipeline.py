@@ -11,6 +11,15 @@ Layout of a step (B = global batch of distinct samples, R replicas, b = B / R):
 the step's B permuted indices are cut into R consecutive chunks of b; replica r (global id
 r = worker * replicas_per_worker + local) gets chunk r. A 1-replica run and an R-replica run
 therefore see the same global batches, and a multi-worker run splits them the same way.
+This exact layout holds for in-memory sources and for plain example datasets (every worker
+reads the whole set and keeps its chunks).
+
+Sharded readers (`source.sharded_reader`, tfds sources: data/tfds_shards.py) differ: worker w
+of W reads only its share of the training set (files in a per-epoch seeded order, examples
+shuffled within the share with the epoch's seed) and cuts `steps * B / W` of them into its
+replicas' chunks. The global batch is still B (b = B / R per replica, the same number of
+steps on every worker), but a W-worker run sees other batches than a 1-worker run. The share
+order is a function of (seed, epoch), so `skip_steps` re-enters such an epoch exactly too.
 
 With `repeats=M` (seed 003, batch augmentation) each replica's chunk is tiled M times
 (copy-major: [x_0..x_{b-1}, x_0..x_{b-1}, ...]) before augmentation: the replica trains on M*b
@@ -99,7 +108,7 @@ def train_dataset_fn(
         replicas = ctx.num_replicas_in_sync
         workers = ctx.num_input_pipelines
         local = replicas // workers
-        b = global_batch_size // replicas
+        b = ctx.get_per_replica_batch_size(global_batch_size)
 
         def chunk_seed(chunk):
             return tf.stack([tf.constant(shuffle_seed, tf.int64), chunk])
@@ -113,7 +122,21 @@ def train_dataset_fn(
                 images = augment(images, tf.cast(chunk_seed(chunk), tf.int32))
             return normalize(images), labels
 
-        if source.in_memory:
+        if source.sharded_reader:  # this worker's share only
+            worker = ctx.input_pipeline_id
+            share = source.num_train // workers
+            chunks = (
+                source.train_shard(workers, worker, shuffle_seed)
+                .shuffle(max(1, min(share, 10_000)), seed=shuffle_seed,
+                         reshuffle_each_iteration=False)
+                .take(steps * (global_batch_size // workers))
+                .batch(b)
+                .enumerate()
+                # local chunk c is local replica c % L of step c // L: number it globally
+                .map(lambda c, xy: ((c // local) * replicas + worker * local + c % local, xy))
+            )
+            gather = lambda c, xy: (c, xy[0], xy[1])  # noqa: E731
+        elif source.in_memory:
             x = tf.constant(source.train_arrays[0])
             y = tf.constant(source.train_arrays[1])
             chunks = (
@@ -134,7 +157,7 @@ def train_dataset_fn(
                 .enumerate()
             )
             gather = lambda c, xy: (c, xy[0], xy[1])  # noqa: E731
-        if workers > 1:  # keep this worker's chunks: chunk c goes to global replica c % R
+        if workers > 1 and not source.sharded_reader:  # chunk c goes to global replica c % R
             worker = ctx.input_pipeline_id
             chunks = chunks.filter(lambda c, _: (c % replicas) // local == worker)
         chunks = chunks.skip(skip_steps * local)

@@ -3,15 +3,22 @@
 A `DataSource` says what a dataset is (input shape, classes, sizes, normalisation) and how to
 read its examples. Small datasets are held in memory as uint8 arrays (`train_arrays` /
 `test_arrays`), which lets the pipeline shuffle indices and gather whole batches at once; large
-ones (ImageNet) give an unbatched `tf.data.Dataset` of decoded examples instead.
+ones give an unbatched `tf.data.Dataset` of decoded examples instead.
+
+Sharded readers (`DataSource.sharded_reader`): ImageNet always, CIFAR-10/100 with
+`sharded_reader=True`, are read from the tfds files in worker shards (data/tfds_shards.py):
+worker w of W reads only its 1/W share of the training set, in a per-epoch seeded order. The
+in-memory sources keep the exact layout instead (every worker permutes the whole set the same
+way, so 1 replica, R replicas and W workers see identical global batches); they are the
+default for CIFAR because 50k small images fit in memory on every worker.
 
 | name          | where it comes from                                                        |
 |---------------|----------------------------------------------------------------------------|
 | fashion_mnist | IDX files of the Debian package `dataset-fashion-mnist`, else `tfds.load`   |
 | mnist         | IDX files in `mnist_dir` if given, else `tfds.load("mnist")`                 |
-| cifar10       | `tfds.load("cifar10")`                                                      |
-| cifar100      | `tfds.load("cifar100")`                                                     |
-| imagenet2012  | `tfds.load("imagenet2012")` (manual download, see the tfds docs)             |
+| cifar10       | `tfds.load("cifar10")` (in memory; worker shards with `sharded_reader=True`) |
+| cifar100      | `tfds.load("cifar100")` (likewise)                                          |
+| imagenet2012  | tfds `imagenet2012` in worker shards (manual download, see the tfds docs)    |
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_largebatch.data.idx import read_idx
+from keras_largebatch.data.tfds_shards import read_shard
 from keras_largebatch.errors import UserInputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -50,10 +58,19 @@ class DataSource:
     # For sources too large for memory: () -> unbatched tf.data of (uint8 image, int label).
     train_examples: Callable[[], tf.data.Dataset] | None = None
     test_examples: Callable[[], tf.data.Dataset] | None = None
+    # For sources read in worker shards: (num_shards, index, seed) -> that share's unbatched
+    # examples, its files in a seeded order; (num_shards, index) -> the test share in order.
+    train_shard: Callable[[int, int, int], tf.data.Dataset] | None = None
+    test_shard: Callable[[int, int], tf.data.Dataset] | None = None
 
     @property
     def in_memory(self) -> bool:
         return self.train_arrays is not None
+
+    @property
+    def sharded_reader(self) -> bool:
+        """Each worker reads only its share of the training set (not the exact layout)."""
+        return self.train_shard is not None
 
 
 def _read_idx_pair(directory: str, split: str, hint: str) -> Arrays:
@@ -150,16 +167,29 @@ def mnist(*, data_dir: str | None = None) -> DataSource:
     return _from_arrays("mnist", *_tfds_arrays("mnist", None), 10)
 
 
-def cifar10(*, data_dir: str | None = None) -> DataSource:
-    """CIFAR-10 through tensorflow-datasets (32x32x3, 10 classes)."""
-    return _from_arrays("cifar10", *_tfds_arrays("cifar10", data_dir), 10,
-                        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+_CIFAR = {"cifar10": (10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+          "cifar100": (100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 
 
-def cifar100(*, data_dir: str | None = None) -> DataSource:
-    """CIFAR-100 through tensorflow-datasets (32x32x3, 100 classes)."""
-    return _from_arrays("cifar100", *_tfds_arrays("cifar100", data_dir), 100,
-                        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+def _cifar(name: str, data_dir: str | None, sharded_reader: bool) -> DataSource:
+    classes, mean, std = _CIFAR[name]
+    if not sharded_reader:
+        return _from_arrays(name, *_tfds_arrays(name, data_dir), classes, mean=mean, std=std)
+    return _tfds_sharded(name, data_dir, ("train", "test"), input_shape=(32, 32, 3),
+                         num_classes=classes, mean=mean, std=std)
+
+
+def cifar10(*, data_dir: str | None = None, sharded_reader: bool = False) -> DataSource:
+    """CIFAR-10 through tensorflow-datasets (32x32x3, 10 classes).
+
+    In memory (exact layout) by default; `sharded_reader=True` reads worker shards of the
+    tfds files instead (module docstring)."""
+    return _cifar("cifar10", data_dir, sharded_reader)
+
+
+def cifar100(*, data_dir: str | None = None, sharded_reader: bool = False) -> DataSource:
+    """CIFAR-100 through tensorflow-datasets (32x32x3, 100 classes); see `cifar10`."""
+    return _cifar("cifar100", data_dir, sharded_reader)
 
 
 def _num_examples(builder, split: str) -> int:
@@ -172,37 +202,53 @@ def _num_examples(builder, split: str) -> int:
     return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
 
 
+def _tfds_sharded(name: str, data_dir: str | None, splits: tuple[str, str], *,
+                  input_shape, num_classes, mean, std, hint: str = "",
+                  transform=None) -> DataSource:
+    """A source read from tfds files in worker shards (data/tfds_shards.py)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        num_train, num_test = (_num_examples(builder, split) for split in splits)
+    except Exception as e:
+        raise UserInputError(
+            f"dataset {name!r} is not available ({type(e).__name__}); prepare it with "
+            f"`tfds build {name}`{hint} and pass data_dir=..."
+        ) from None
+    transform = transform or (lambda x, y: (tf.cast(x, tf.uint8), tf.cast(y, tf.int32)))
+
+    def train_shard(num_shards, index, seed):
+        return read_shard(builder, splits[0], num_shards=num_shards, index=index, seed=seed,
+                          transform=transform)
+
+    def test_shard(num_shards, index):
+        return read_shard(builder, splits[1], num_shards=num_shards, index=index,
+                          transform=transform)
+
+    return DataSource(
+        name=name, input_shape=tuple(input_shape), num_classes=num_classes,
+        num_train=num_train, num_test=num_test, mean=tuple(mean), std=tuple(std),
+        train_examples=lambda: train_shard(1, 0, None), test_examples=lambda: test_shard(1, 0),
+        train_shard=train_shard, test_shard=test_shard,
+    )
+
+
 def imagenet2012(*, data_dir: str | None = None, image_size: int = 224) -> DataSource:
-    """ImageNet-1k through tensorflow-datasets; examples decoded and resized on the fly.
+    """ImageNet-1k through tensorflow-datasets, read in worker shards; examples decoded and
+    resized on the fly.
 
     Training images are resized to `image_size` here; the Inception-style random-resized-crop
     augmentation of the ResNet-50 recipe belongs to the augmentation policy.
     """
-    import tensorflow_datasets as tfds
+    def resize(x, y):
+        return (tf.cast(tf.image.resize(x, (image_size, image_size)), tf.uint8),
+                tf.cast(y, tf.int32))
 
-    try:
-        builder = tfds.builder("imagenet2012", data_dir=data_dir)
-        num_train, num_test = (_num_examples(builder, split) for split in ("train", "validation"))
-    except Exception as e:
-        raise UserInputError(
-            f"dataset 'imagenet2012' is not available ({type(e).__name__}); prepare it with "
-            f"`tfds build imagenet2012` (manual download) and pass data_dir=..."
-        ) from None
-
-    def examples(split):
-        def make():
-            ds = builder.as_dataset(split=split, as_supervised=True)
-            return ds.map(lambda x, y: (tf.cast(tf.image.resize(x, (image_size, image_size)),
-                                                tf.uint8), tf.cast(y, tf.int32)),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-        return make
-
-    return DataSource(
-        name="imagenet2012", input_shape=(image_size, image_size, 3), num_classes=1000,
-        num_train=num_train, num_test=num_test,
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        train_examples=examples("train"), test_examples=examples("validation"),
-    )
+    return _tfds_sharded("imagenet2012", data_dir, ("train", "validation"),
+                         input_shape=(image_size, image_size, 3), num_classes=1000,
+                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         hint=" (manual download)", transform=resize)
 
 
 SOURCES: dict[str, Callable[..., DataSource]] = {
