@@ -27,7 +27,7 @@ from keras_largebatch.schedules import (
     FixedBatch,
 )
 from keras_largebatch.training.components import Components
-from keras_largebatch.training.metrics import RunningMetrics, example_stats
+from keras_largebatch.training.metrics import RunningMetrics, masked_example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.steps.accumulation import plan_micro_batches
@@ -135,19 +135,30 @@ def build_parts(config: RunConfig, components: Components, strategy: tf.distribu
     return Parts(model=net, optimizer=opt, metrics=metrics, step=step, augment=augment)
 
 
-def evaluate_fn(model: keras.Model):
-    """`evaluate(dataset) -> {"loss", "accuracy"}`: mean over every example, inference mode."""
+def evaluate_fn(model: keras.Model, strategy: tf.distribute.Strategy | None = None):
+    """`evaluate(dataset_fn) -> {"loss", "accuracy"}`: mean over every example, inference mode.
+
+    `dataset_fn` is a `data.eval_dataset_fn(...)`: each replica of each worker evaluates its
+    part of the padded set, sums loss / correct / count over the valid rows, and the sums are
+    all-reduced (SUM) per batch, so every example counts once and every worker gets the same
+    totals (accumulated on the host in float64, as before).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
     loss_fn = per_example_loss_fn()
 
-    @tf.function
-    def evaluate_batch(images, labels):
+    def replica_stats(images, labels, valid):
         logits = model(images, training=False)
-        return example_stats(labels, logits, loss_fn(labels, logits))
+        return tf.stack(masked_example_stats(labels, logits, loss_fn(labels, logits), valid))
 
-    def evaluate(dataset) -> dict[str, float]:
+    @tf.function
+    def evaluate_batch(batch):
+        per_replica = strategy.run(replica_stats, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def evaluate(dataset_fn) -> dict[str, float]:
         totals = np.zeros(3)
-        for images, labels in dataset:
-            totals += [float(t) for t in evaluate_batch(images, labels)]
+        for batch in strategy.distribute_datasets_from_function(dataset_fn):
+            totals += evaluate_batch(batch).numpy().astype(np.float64)
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
 
     return evaluate

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 import keras
 import tensorflow as tf
 
-from keras_largebatch.data import DataSource, eval_dataset, get_source
-from keras_largebatch.data.pipeline import train_eval_dataset
+from keras_largebatch.data import DataSource, get_source
+from keras_largebatch.data.eval_inputs import eval_dataset_fn
 from keras_largebatch.optimizers.lars_callback import find_lars
 from keras_largebatch.schedules.progress import default_progress
 from keras_largebatch.studies import results as rs
@@ -157,9 +157,9 @@ def run(config: RunConfig, *, run_dir: str, components: Components, signals: Sig
     progress = default_progress()
     parts = build.build_parts(config, components, strategy, source, progress,
                               learning_rate=learning_rate, guard=guard)
-    evaluate = build.evaluate_fn(parts.model)
-    test_data = eval_dataset(source, batch_size=config.data.eval_batch_size)
-    train_data = (train_eval_dataset(source, batch_size=config.data.eval_batch_size)
+    evaluate = build.evaluate_fn(parts.model, strategy)  # sharded over replicas and workers
+    test_data = eval_dataset_fn(source, split="test", batch_size=config.data.eval_batch_size)
+    train_data = (eval_dataset_fn(source, split="train", batch_size=config.data.eval_batch_size)
                   if config.data.eval_train_set else None)
     if dry_run:
         return {"status": "dry_run", "dataset": source.name, "model": o.model,

@@ -50,3 +50,14 @@ def example_stats(labels, logits, per_example_loss):
     correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
     count = tf.cast(tf.shape(labels)[0], tf.float32)
     return tf.reduce_sum(per_example_loss), correct, count
+
+
+def masked_example_stats(labels, logits, per_example_loss, valid):
+    """`example_stats` over the rows where `valid` is True (evaluation's padding rows excluded;
+    `tf.where`, not a product, so a non-finite loss on a padding row cannot leak in)."""
+    predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+    hit = tf.logical_and(valid, tf.equal(predictions, labels))
+    zeros = tf.zeros_like(per_example_loss)
+    return (tf.reduce_sum(tf.where(valid, per_example_loss, zeros)),
+            tf.reduce_sum(tf.cast(hit, tf.float32)),
+            tf.reduce_sum(tf.cast(valid, tf.float32)))

@@ -171,3 +171,13 @@ def test_cifar10_stays_in_memory_by_default():
     with tfds.testing.mock_data(num_examples=64):
         s = get_source("cifar10")
     assert s.in_memory and not s.sharded_reader
+
+
+def test_sharded_evaluation_covers_the_test_split_once(source):
+    from keras_largebatch.data.eval_inputs import eval_dataset_fn
+
+    fn = eval_dataset_fn(source, batch_size=8)
+    seen = [i for w in range(2)
+            for x, _, valid in fn(tf.distribute.InputContext(2, w, 4))
+            for i in np.array(_ids(x))[valid.numpy()]]
+    assert sorted(seen) == list(range(N_TEST))
