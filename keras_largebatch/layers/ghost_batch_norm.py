@@ -33,9 +33,24 @@ multiple of it is an error (a ValueError at trace time when the batch is static,
 `InvalidArgumentError` naming the sizes at run time when it is dynamic): pipelines use
 `drop_remainder=True`. The batch axis (0) is split; `axis` is the feature axis as in Keras.
 
-Under `tf.distribute` the batch seen here is the per-replica batch, and (as in Keras' BN with
-`synchronized=False`) each replica updates its own copy of the moving statistics.
-`synchronized=True`, `renorm=True` and masks are rejected together with `virtual_batch_size`.
+Under `tf.distribute` the batch seen here is the per-replica batch, and by default (as in
+Keras' BN with `synchronized=False`) each replica updates its own copy of the moving
+statistics, so the copies drift apart and inference depends on the replica it runs on.
+
+`sync_moving_statistics=True` synchronises the moving statistics only: the
+training-mode output stays normalised per ghost batch *on each replica* (the point of ghost
+BN, Hoffer et al. 2017; seed 001 Section 3.5: the BN batch is set apart from the SGD batch,
+and a cross-replica BN batch would be the opposite), while each replica's update increment
+sum_g a (1 - a)^(n-1-g) stat_g is all-reduced (MEAN) over the replicas in sync before it is
+applied. All copies start equal and receive the same update, so they stay identical; the
+moving statistics become the average over every replica's ghost batches, the estimate that
+inference should use. One all-reduce of 2 x features floats per layer and step; nothing is
+exchanged with one replica or outside a replica context. With synchronisation, a per-replica
+batch no larger than `virtual_batch_size` is one group of the same rule, so its statistics are
+synchronised too. Keras' own `synchronized=True` computes each batch's moments over all
+replicas, which would merge the ghost batches: it is rejected together with
+`virtual_batch_size`, as are `renorm=True` and masks. (models/norm.py maps a builder's
+`bn_synchronized=True` to `synchronized=True` for plain BN and to this option for ghost BN.)
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
 
 
@@ -62,8 +78,11 @@ def _call_error(message: str) -> UserInputError:
 class GhostBatchNormalization(keras.layers.BatchNormalization):
     """Keras `BatchNormalization` with statistics over groups of `virtual_batch_size` samples."""
 
-    def __init__(self, virtual_batch_size: int | None = None, axis: int = -1, **kwargs):
+    def __init__(self, virtual_batch_size: int | None = None, axis: int = -1,
+                 sync_moving_statistics: bool = False, **kwargs):
         super().__init__(axis=axis, **kwargs)
+        self.sync_moving_statistics = validate.boolean("sync_moving_statistics",
+                                                       sync_moving_statistics)
         if virtual_batch_size is not None:
             ok = isinstance(virtual_batch_size, int) and not isinstance(virtual_batch_size, bool)
             if not ok or virtual_batch_size < 1:
@@ -74,7 +93,8 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
             if self.synchronized or self.renorm:
                 raise UserInputError(
                     f"virtual_batch_size={virtual_batch_size} cannot be combined with "
-                    "synchronized=True or renorm=True; drop one of them"
+                    "synchronized=True or renorm=True; drop one of them (for moving "
+                    "statistics shared by the replicas use sync_moving_statistics=True)"
                 )
         self.virtual_batch_size = virtual_batch_size
 
@@ -89,7 +109,16 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
     def get_config(self):
         config = super().get_config()
         config["virtual_batch_size"] = self.virtual_batch_size
+        config["sync_moving_statistics"] = self.sync_moving_statistics
         return config
+
+    def _syncing(self) -> bool:
+        """Whether moving-statistic updates are all-reduced here (replica context, R > 1)."""
+        if not (self.sync_moving_statistics and self.virtual_batch_size) \
+                or not tf.distribute.has_strategy():
+            return False
+        ctx = tf.distribute.get_replica_context()
+        return ctx is not None and ctx.num_replicas_in_sync > 1
 
     def call(self, inputs, training=None, mask=None):
         vbs = self.virtual_batch_size
@@ -101,16 +130,23 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
                 "use virtual_batch_size=None"
             )
         static_batch = inputs.shape[0]
+        syncing = self._syncing()
         if static_batch is not None:
             if static_batch <= vbs:
+                if syncing:  # one group, so that the update goes through the all-reduce
+                    return self._ghost_call(inputs, 1, sync=True)
                 return super().call(inputs, training=training)
             if static_batch % vbs:
                 raise _call_error(
                     f"batch of {static_batch} does not split into virtual batches of "
                     f"{vbs}; use a batch size that is a multiple of {vbs}"
                 )
-            return self._ghost_call(inputs, static_batch // vbs)
+            return self._ghost_call(inputs, static_batch // vbs, sync=syncing)
         batch = tf.shape(inputs)[0]
+        if syncing:  # both branches update through the all-reduce, which must not sit in a cond
+            groups = tf.cond(batch <= vbs, lambda: tf.constant(1),
+                             lambda: self._checked_groups(batch))
+            return self._ghost_call(inputs, groups, sync=True)
         return tf.cond(
             batch <= vbs,
             lambda: super(GhostBatchNormalization, self).call(inputs, training=training),
@@ -130,15 +166,15 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         with tf.control_dependencies([check]):
             return tf.identity(batch // vbs)
 
-    def _ghost_call(self, inputs, groups):
-        """Training-mode output for `groups` (> 1) virtual batches; updates moving stats."""
-        vbs = self.virtual_batch_size
+    def _ghost_call(self, inputs, groups, sync=False):
+        """Training-mode output for `groups` virtual batches (> 1, or 1 when `sync`); updates
+        the moving statistics, all-reduced over the replicas when `sync`."""
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         x = tf.cast(inputs, compute_dtype)
         shape = tf.shape(x)
         # [groups * vbs, ...] -> [groups, vbs, ...]; statistics per group over all axes but the
-        # group axis and the feature axis.
-        grouped = tf.reshape(x, tf.concat([[groups, vbs], shape[1:]], axis=0))
+        # group axis and the feature axis. (One group may be smaller than vbs, hence -1.)
+        grouped = tf.reshape(x, tf.concat([[groups, -1], shape[1:]], axis=0))
         ndim = len(inputs.shape)
         feature_axis = self.axis % ndim + 1
         axes = [a for a in range(1, ndim + 1) if a != feature_axis]
@@ -153,12 +189,14 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
             beta = None if beta is None else tf.reshape(beta, bshape)
         out = tf.nn.batch_normalization(grouped, mean, variance, beta, gamma, self.epsilon)
 
-        self._update_moving(tf.squeeze(mean, axes), tf.squeeze(variance, axes), groups)
+        self._update_moving(tf.squeeze(mean, axes), tf.squeeze(variance, axes), groups, sync)
         out = tf.reshape(out, shape)
         return tf.cast(out, self.compute_dtype)
 
-    def _update_moving(self, group_means, group_vars, groups):
-        """Composer's rule in closed form (module docstring); stats are [groups, features]."""
+    def _update_moving(self, group_means, group_vars, groups, sync=False):
+        """Composer's rule in closed form (module docstring); stats are [groups, features].
+
+        With `sync` the increment sum_g w_g stat_g is averaged over the replicas first."""
         n = tf.cast(groups, group_means.dtype)
         a = (1.0 - self.momentum) / n
         keep = 1.0 - a
@@ -166,7 +204,11 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         powers = n - 1.0 - tf.range(n, dtype=group_means.dtype)
         weights = (a * tf.pow(keep, powers))[:, None]
         old_weight = tf.pow(keep, n)
-        for var, stats in ((self.moving_mean, group_means), (self.moving_variance, group_vars)):
-            old = tf.cast(var, stats.dtype)
-            new = old_weight * old + tf.reduce_sum(weights * stats, axis=0)
-            var.assign(tf.cast(new, var.dtype))
+        increments = [tf.reduce_sum(weights * stats, axis=0) for stats in (group_means,
+                                                                          group_vars)]
+        if sync:
+            increments = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.MEAN, increments)
+        for var, increment in zip((self.moving_mean, self.moving_variance), increments):
+            old = tf.cast(var, increment.dtype)
+            var.assign(tf.cast(old_weight * old + increment, var.dtype))

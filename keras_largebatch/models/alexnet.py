@@ -70,6 +70,7 @@ def alexnet_reduced(
     weight_decay: float = 0.0,
     bn_batch_size: int | None = None,
     bn_momentum: float = 0.99,
+    bn_synchronized: bool = False,
 ) -> keras.Model:
     """The reduced AlexNet of seed 001 (Masters & Luschi), Section 3.1.
 
@@ -80,6 +81,7 @@ def alexnet_reduced(
     5), "conv" = BN after the convs only (Fig 6). The paper trains it with weight
     decay 5e-4 (pass `weight_decay=5e-4`). `bn_momentum` is the moving-statistics momentum
     (Keras' 0.99 lags badly when a large-batch run makes only ~100 updates; Caffe uses 0.9).
+    `bn_synchronized=True` keeps the BN statistics equal across replicas (models/norm.py).
 
     Left open by the paper, chosen here: max-pools after conv1, conv2 and conv5 as in
     AlexNet; 'same' padding for convs and pools, so 28x28 and 32x32 inputs both end in
@@ -108,6 +110,7 @@ def alexnet_reduced(
             regularizer=reg,
             name=f"conv{idx}",
             momentum=bn_momentum,
+            synchronized=bn_synchronized,
         )
         if idx in (1, 2, 5):
             x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{idx}")(x)
@@ -121,6 +124,7 @@ def alexnet_reduced(
             regularizer=reg,
             name=f"fc{idx}",
             momentum=bn_momentum,
+            synchronized=bn_synchronized,
         )
     outputs = layers.Dense(
         num_classes,
@@ -149,6 +153,7 @@ def alexnet_bn(
     first_conv_stride: int | None = None,
     weight_decay: float = 0.0,
     bn_batch_size: int | None = None,
+    bn_synchronized: bool = False,
 ) -> keras.Model:
     """AlexNet-BN of seed 004 (You, Gitman & Ginsburg, "LARS"), Section 3.
 
@@ -207,7 +212,7 @@ def alexnet_bn(
         )
 
     reg = _kernel_regularizer(weight_decay)
-    bn_kwargs = {"momentum": 0.9, "epsilon": 1e-4}
+    bn_kwargs = {"momentum": 0.9, "epsilon": 1e-4, "synchronized": bn_synchronized}
     inputs = keras.Input(shape=input_shape, name="image")
     x = _conv_block(
         inputs,

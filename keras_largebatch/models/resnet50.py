@@ -18,6 +18,7 @@ def resnet50(
     num_classes: int,
     weight_decay: float = 0.0,
     bn_batch_size: int | None = None,
+    bn_synchronized: bool = False,
 ) -> keras.Model:
     """ResNet-50 of He et al. 2016 (Table 1), from `keras.applications.ResNet50`.
 
@@ -33,7 +34,8 @@ def resnet50(
     model with every BatchNormalization replaced by `_batch_norm(bn_batch_size, ...)`
     (same axis, momentum and epsilon) and every conv / dense kernel given the L2
     penalty `weight_decay / 2 * ||w||^2` (seed 001 and Goyal et al. use lambda =
-    1e-4).
+    1e-4). `bn_synchronized=True` (the same clone) keeps the BN statistics equal across
+    replicas (models/norm.py).
     """
     if len(input_shape) != 3 or min(input_shape[0], input_shape[1]) < _MIN_SIDE:
         raise UserInputError(
@@ -48,7 +50,7 @@ def resnet50(
         classifier_activation=None,
     )
     reg = _kernel_regularizer(weight_decay)
-    if bn_batch_size is None and reg is None:
+    if bn_batch_size is None and reg is None and not bn_synchronized:
         return model
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -57,6 +59,7 @@ def resnet50(
             return _batch_norm(
                 bn_batch_size,
                 layer.name,
+                bn_synchronized,
                 axis=config["axis"],
                 momentum=config["momentum"],
                 epsilon=config["epsilon"],

@@ -27,6 +27,7 @@ def vgg19_bn(
     dropout: float = 0.5,
     weight_decay: float = 0.0,
     bn_batch_size: int | None = None,
+    bn_synchronized: bool = False,
 ) -> keras.Model:
     """VGG-19-BN, CIFAR version (Simonyan & Zisserman 2014 config E; seed 000 Sec. 4).
 
@@ -41,7 +42,8 @@ def vgg19_bn(
     common head (kuangliu/pytorch-cifar): a single linear layer from the 512 features
     to the logits. Other choices: convs have no bias (BN's beta replaces it),
     He-normal initialisation, and 'same' padding on the pools so 28x28 inputs also
-    work (28 -> 14 -> 7 -> 4 -> 2 -> 1).
+    work (28 -> 14 -> 7 -> 4 -> 2 -> 1). `bn_synchronized=True` keeps the BN statistics
+    equal across replicas (models/norm.py).
     """
     reg = _kernel_regularizer(weight_decay)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -65,7 +67,7 @@ def vgg19_bn(
             kernel_regularizer=reg,
             name=name,
         )(x)
-        x = _batch_norm(bn_batch_size, f"{name}_bn")(x)
+        x = _batch_norm(bn_batch_size, f"{name}_bn", bn_synchronized)(x)
         x = layers.ReLU(name=f"{name}_relu")(x)
     x = layers.Flatten(name="flatten")(x)
     for idx, units in enumerate(fc_units, 1):
