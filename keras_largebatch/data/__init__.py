@@ -1,5 +1,6 @@
 """Data sources by name and the one pipeline builder for all of them."""
 
+from keras_largebatch.data.eval_inputs import eval_dataset_fn
 from keras_largebatch.data.pipeline import (
     check_batch_size,
     eval_dataset,
@@ -10,6 +11,6 @@ from keras_largebatch.data.pipeline import (
 from keras_largebatch.data.sources import SOURCES, DataSource, get_source
 
 __all__ = [
-    "SOURCES", "DataSource", "check_batch_size", "eval_dataset", "get_source",
+    "SOURCES", "DataSource", "check_batch_size", "eval_dataset", "eval_dataset_fn", "get_source",
     "steps_per_epoch", "train_dataset_fn", "train_eval_dataset",
 ]

@@ -27,6 +27,7 @@ from keras_largebatch.schedules import (
     FixedBatch,
 )
 from keras_largebatch.training.components import Components
+from keras_largebatch.training.inputs import epoch_inputs, release_in_background
 from keras_largebatch.training.metrics import RunningMetrics, masked_example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
 from keras_largebatch.training.run_config import RunConfig
@@ -157,8 +158,10 @@ def evaluate_fn(model: keras.Model, strategy: tf.distribute.Strategy | None = No
 
     def evaluate(dataset_fn) -> dict[str, float]:
         totals = np.zeros(3)
-        for batch in strategy.distribute_datasets_from_function(dataset_fn):
+        inputs = epoch_inputs(strategy, dataset_fn)
+        for batch in inputs["iterator"]:
             totals += evaluate_batch(batch).numpy().astype(np.float64)
+        release_in_background(inputs)  # a distributed iterator's destructor can block
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
 
     return evaluate

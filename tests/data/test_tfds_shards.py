@@ -10,13 +10,16 @@ Two kinds of tfds data, both written or generated on this machine (nothing is do
 Two workers are simulated with two `tf.distribute.InputContext`s (no processes).
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_largebatch.data import get_source, train_dataset_fn
+from keras_largebatch.data import eval_dataset_fn, get_source, train_dataset_fn
 from keras_largebatch.data.sources import _tfds_sharded
+from keras_largebatch.training.build import evaluate_fn
+from keras_largebatch.training.loop import train
 
 N_TRAIN, N_TEST = 100, 37
 
@@ -174,10 +177,22 @@ def test_cifar10_stays_in_memory_by_default():
 
 
 def test_sharded_evaluation_covers_the_test_split_once(source):
-    from keras_largebatch.data.eval_inputs import eval_dataset_fn
-
     fn = eval_dataset_fn(source, batch_size=8)
     seen = [i for w in range(2)
             for x, _, valid in fn(tf.distribute.InputContext(2, w, 4))
             for i in np.array(_ids(x))[valid.numpy()]]
     assert sorted(seen) == list(range(N_TEST))
+
+
+def test_the_loop_trains_and_evaluates_a_sharded_source(source, tmp_path, two_cpu_strategy):
+    results = train(run_dir=str(tmp_path), dataset=source, model="cnn_fashion",
+                    model_options={"filters": (4,), "dropout": 0.0}, batch_size=20, epochs=2,
+                    eval_batch_size=16, eval_train_set=True, strategy=two_cpu_strategy,
+                    verbose=False)
+    assert results["status"] == "completed" and len(results["epochs"]) == 2
+    assert all(0.0 <= e["test_accuracy"] <= 1.0 and np.isfinite(e["test_loss"])
+               for e in results["epochs"])
+    # the recorded test loss is that of the saved model over the test set (other batching)
+    model = keras.models.load_model(tmp_path / "model.keras")
+    again = evaluate_fn(model)(eval_dataset_fn(source, batch_size=37))
+    assert again["loss"] == pytest.approx(results["epochs"][-1]["test_loss"], rel=1e-5)
