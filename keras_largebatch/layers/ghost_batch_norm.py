@@ -39,7 +39,7 @@ statistics, so the copies drift apart and inference depends on the replica it ru
 
 `sync_moving_statistics=True` synchronises the moving statistics only: the
 training-mode output stays normalised per ghost batch *on each replica* (the point of ghost
-BN, Hoffer et al. 2017; seed 001 Section 3.5: the BN batch is set apart from the SGD batch,
+BN, Hoffer et al. 2017; seed 001 Section 3.6: the BN batch is set apart from the SGD batch,
 and a cross-replica BN batch would be the opposite), while each replica's update increment
 sum_g a (1 - a)^(n-1-g) stat_g is all-reduced (MEAN) over the replicas in sync before it is
 applied. All copies start equal and receive the same update, so they stay identical; the
