@@ -170,14 +170,14 @@ class Bench:
         folder = self.folder(f"{spec.label}-{workers}w-{rate or 'local'}")
         run_dir = folder / "run"
         logs = [folder / f"worker{i}.log" for i in range(workers)]
-        print(f"  running {spec.label} ({where}) ...", end=" ", flush=True)
         self.cluster.run([self.argv(spec, epochs, run_dir)] * workers,
                          envs=[self.env(workers, i) for i in range(workers)], cwd=REPO,
                          logs=logs, timeout=self.args.timeout,
-                         on_start=lambda pids: print(f"pids {' '.join(map(str, pids))} ...",
-                                                     end=" ", flush=True))
+                         on_start=lambda pids: print(
+                             f"  running {spec.label} ({where}): pids "
+                             f"{' '.join(map(str, pids))} ...", flush=True))
         results = json.loads((run_dir / "results.json").read_text())
-        print(f"{results['wall_time_s']:.1f} s", flush=True)
+        print(f"    done: wall_time_s {results['wall_time_s']:.1f}", flush=True)
         return Measured(spec.label, workers, rate, results,
                         batches=[e["batch_size"] for e in results["epochs"]])
 
