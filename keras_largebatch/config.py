@@ -33,6 +33,7 @@ from keras_largebatch.models import registry
 from keras_largebatch.optimizers import LARS, BAMomentum
 from keras_largebatch.training import loop, strategy
 from keras_largebatch.training.components import Components
+from keras_largebatch.validate import checking_booleans
 
 SCHEDULES = ("Constant", "LinearWarmup", "PolynomialDecay", "StepDecay", "BatchScaled",
              "BatchScheduleMultiplier", "FixedBatch", "PiecewiseBatch", "AdaBatch")
@@ -74,12 +75,15 @@ def register_configurables() -> Configurables:
     }
     components = Components(
         make_strategy=gin.external_configurable(strategy.make_strategy, name="make_strategy"),
-        sources={name: gin.external_configurable(fn, name=name, module="data")
+        sources={name: gin.external_configurable(checking_booleans(fn, name), name=name,
+                                                 module="data")
                  for name, fn in sources.SOURCES.items()},
-        models={name: gin.external_configurable(fn, name=name, module="models")
+        models={name: gin.external_configurable(checking_booleans(fn, name), name=name,
+                                                module="models")
                 for name, fn in registry.builders().items()},
         optimizers=optimizers,
-        make_augment=gin.external_configurable(augment.make_augment, name="make_augment"),
+        make_augment=gin.external_configurable(
+            checking_booleans(augment.make_augment, "make_augment"), name="make_augment"),
     )
     for name in SCHEDULES:
         gin.external_configurable(getattr(schedules, name), module="keras_largebatch.schedules")
