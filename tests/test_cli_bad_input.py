@@ -39,7 +39,7 @@ CASES = {
                                  "line 1"),
     "gin_import_side_effects": (["--gin_file={tmp}/imports.gin"], "'import evil_module'"),
     "gin_import_in_bindings": ([B + "import os"], "--gin_allow_imports"),
-    "sgd_momentum": ([B + "SGD.momentum = 1.5"], "momentum=1.5"),
+    "sgd_momentum": ([B + "SGD.momentum = 1.5"], "SGD.momentum = 1.5"),
     "sgd_nesterov_string": ([B + "SGD.nesterov = 'no'"], "SGD.nesterov='no' must be True or"),
     "lars_weight_decay": ([B + "train.optimizer = 'lars'", B + "LARS.weight_decay = -0.01"],
                           "weight_decay=-0.01"),
@@ -144,11 +144,17 @@ def test_the_config_attacks_did_not_run(outcomes):
 
 
 def test_gin_allow_imports_lets_a_trusted_config_run_code(tmp_path):
-    """The same attack with the flag: the command runs (the flag means what the README says)."""
-    (tmp_path / "attack.gin").write_text(ATTACK.format(tmp=tmp_path))
-    proc = run_cli(*TINY, f"--gin_file={tmp_path / 'attack.gin'}", "--gin_allow_imports",
-                   "--dry_run", f"--run_dir={tmp_path / 'run'}")
-    assert (tmp_path / "PWNED").exists(), proc.stderr[-2000:]
+    """The import attack with the flag: the module's code runs (the flag means what the README
+    says), and the run goes on to use the config."""
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "evil_module.py").write_text(
+        f"open({str(tmp_path / 'IMPORTED')!r}, 'w').write('ran')\n")
+    (tmp_path / "imports.gin").write_text("import evil_module\ntrain.epochs = 1\n")
+    proc = run_cli(*TINY, f"--gin_file={tmp_path / 'imports.gin'}", "--gin_allow_imports",
+                   "--dry_run", f"--run_dir={tmp_path / 'run'}",
+                   env={"PYTHONPATH": str(tmp_path / "modules")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "IMPORTED").exists()
     assert not (tmp_path / "run").exists()
 
 
