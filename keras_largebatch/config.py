@@ -29,10 +29,12 @@ import keras
 
 from keras_largebatch import schedules
 from keras_largebatch.data import augment, sources
+from keras_largebatch.errors import UserInputError
 from keras_largebatch.models import registry
 from keras_largebatch.optimizers import LARS, BAMomentum
 from keras_largebatch.training import loop, strategy
 from keras_largebatch.training.components import Components
+from keras_largebatch.validate import checking_booleans
 
 SCHEDULES = ("Constant", "LinearWarmup", "PolynomialDecay", "StepDecay", "BatchScaled",
              "BatchScheduleMultiplier", "FixedBatch", "PiecewiseBatch", "AdaBatch")
@@ -62,29 +64,48 @@ def register_configurables() -> Configurables:
         return sgd(**kw)
 
     ba = gin.external_configurable(BAMomentum, module="keras_largebatch.optimizers")
-    optimizers = {
+    optimizers = {name: _naming_bindings(factory, cls) for name, (factory, cls) in {
         # 'sgd' is plain SGD whatever SGD.momentum says (as 'ba_sgd' is BA with rho = 0), so
         # one config can bind SGD.momentum = 0.9 and compare 'momentum' with 'sgd' by name.
-        "sgd": lambda **kw: sgd(**{**kw, "momentum": 0.0}),
-        "momentum": momentum,
-        "adam": adam,
-        "lars": gin.external_configurable(LARS, module="keras_largebatch.optimizers"),
-        "ba_momentum": ba,
-        "ba_sgd": lambda **kw: ba(**{**kw, "momentum": 0.0}),  # seed 002: rho = 0
-    }
+        "sgd": (lambda **kw: sgd(**{**kw, "momentum": 0.0}), "SGD"),
+        "momentum": (momentum, "SGD"),
+        "adam": (adam, "Adam"),
+        "lars": (gin.external_configurable(LARS, module="keras_largebatch.optimizers"), "LARS"),
+        "ba_momentum": (ba, "BAMomentum"),
+        "ba_sgd": (lambda **kw: ba(**{**kw, "momentum": 0.0}), "BAMomentum"),  # rho = 0
+    }.items()}
     components = Components(
         make_strategy=gin.external_configurable(strategy.make_strategy, name="make_strategy"),
-        sources={name: gin.external_configurable(fn, name=name, module="data")
+        sources={name: gin.external_configurable(checking_booleans(fn, name), name=name,
+                                                 module="data")
                  for name, fn in sources.SOURCES.items()},
-        models={name: gin.external_configurable(fn, name=name, module="models")
+        models={name: gin.external_configurable(checking_booleans(fn, name), name=name,
+                                                module="models")
                 for name, fn in registry.builders().items()},
         optimizers=optimizers,
-        make_augment=gin.external_configurable(augment.make_augment, name="make_augment"),
+        make_augment=gin.external_configurable(
+            checking_booleans(augment.make_augment, "make_augment"), name="make_augment"),
     )
     for name in SCHEDULES:
         gin.external_configurable(getattr(schedules, name), module="keras_largebatch.schedules")
     train = gin.external_configurable(loop.train, name="train", denylist=list(NOT_BINDABLE))
     return Configurables(train=train, components=components)
+
+
+def _naming_bindings(factory: Callable, cls: str) -> Callable:
+    """`factory` whose argument errors name the gin bindings of `cls` (Keras' own messages
+    often name the argument but not the value)."""
+
+    def create(**kwargs):
+        try:
+            return factory(**kwargs)
+        except (ValueError, TypeError) as e:
+            bound = ", ".join(f"{cls}.{k} = {v!r}" for k, v in gin.get_bindings(cls).items())
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserInputError(f"{cls} refused its arguments ({first}); bound: "
+                                 f"{bound or 'nothing'}: fix the {cls}.* bindings") from None
+
+    return create
 
 
 def list_configurables() -> list[str]:

@@ -10,6 +10,8 @@ The message is not forced to one line here: Keras re-raises exceptions from `Lay
 `type(e)(original message + traceback context)`, which must keep working.
 """
 
+import contextlib
+
 
 class UserInputError(ValueError):
     """Bad input from the user: one line naming the value and the fix."""
@@ -19,3 +21,30 @@ class UserInputError(ValueError):
         """The one-line message (first line; frameworks may append context below it)."""
         text = str(self)
         return text.splitlines()[0] if text else ""
+
+
+def describe(error: BaseException, what: str) -> str:
+    """One line for an unexpected exception raised while `what`: its type, first line, a fix."""
+    if isinstance(error, OSError) and error.filename:
+        return (f"{what} failed: {error.strerror or type(error).__name__}: {error.filename}; "
+                f"check that the path exists and is writable, or choose another --run_dir")
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else "(no message)"
+    return (f"{what} failed: {type(error).__name__}: {first}; check the value it names in the "
+            f"gin config or flags")
+
+
+@contextlib.contextmanager
+def as_user_error(what: str):
+    """Turn any exception raised inside into a one-line `UserInputError` (see `describe`).
+
+    The framework loop wraps its whole set-up (everything before the first update) in this, so
+    a bad value anywhere (a Keras optimizer argument, a damaged file in the run dir, ...) ends
+    as one `error:` line and exit status 2, not a traceback.
+    """
+    try:
+        yield
+    except UserInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every set-up failure becomes one line
+        raise UserInputError(describe(e, what)) from e

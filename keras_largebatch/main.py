@@ -5,8 +5,10 @@
         --gin_bindings='train.epochs = 3' --run_dir=runs/my_run
     keras-largebatch ...                                             # same flags
 
-Rerunning with the same --run_dir resumes from its latest checkpoint. Bad input ends with one
-line on stderr naming the value and the fix, exit status 2, and no change to the run dir.
+Rerunning with the same --run_dir resumes from its latest checkpoint. Bad input (a bad flag, gin
+text, value, run dir or data file: anything that fails before the first update) ends with one
+line on stderr naming the value and the fix, exit status 2, and no change to the run dir. gin
+`import` statements are refused unless --gin_allow_imports (keras_largebatch/gin_policy.py).
 Other exit statuses: 0 completed, 1 crashed, 3 diverged, 128+N stopped by signal N after saving
 a checkpoint (SIGTERM 143, SIGINT 130; rerun to resume) - see training/signals.py.
 """
@@ -31,11 +33,15 @@ flags.DEFINE_string("run_dir", None, "Output folder (default runs/<config>-<time
 flags.DEFINE_bool("overwrite", False, "Delete --run_dir's previous run and start afresh.")
 flags.DEFINE_bool("list_configurables", False, "Print every bindable name and exit.")
 flags.DEFINE_bool("dry_run", False, "Check the config and build everything; train nothing.")
+flags.DEFINE_bool("gin_allow_imports", False,
+                  "Let gin files and bindings import Python modules (the config is then code "
+                  "that runs as you); refused by default.")
 FLAGS = flags.FLAGS
 
 
 def _fail(message: str) -> None:
-    print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
+    print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr,
+          flush=True)
     sys.exit(2)
 
 
@@ -47,7 +53,7 @@ def main(argv: list[str]) -> None:
 
     logging.set_verbosity(logging.WARNING)  # gin logs every include lookup at INFO/ERROR
 
-    from keras_largebatch import config
+    from keras_largebatch import config, gin_policy
     from keras_largebatch.errors import UserInputError
     from keras_largebatch.training.signals import SignalCatcher, exit_status
 
@@ -59,10 +65,15 @@ def main(argv: list[str]) -> None:
         gin.add_config_file_search_path(path)
     gin_files = FLAGS.gin_file or [os.path.join(REPO_GIN_DIR, "default.gin")]
     try:
-        gin.parse_config_files_and_bindings(gin_files, FLAGS.gin_bindings)
+        with gin_policy.restricted(allow_imports=FLAGS.gin_allow_imports):
+            gin.parse_config_files_and_bindings(gin_files, FLAGS.gin_bindings)
+    except UserInputError as e:
+        _fail(e.line)
     except Exception as e:  # gin raises many types (ValueError, TokenError, ...) for bad text
         _fail(f"bad gin config: {str(e).splitlines()[0]} (check --gin_file / "
               f"--gin_bindings; --list_configurables shows valid names)")
+    if FLAGS.run_dir is not None and not FLAGS.run_dir.strip():
+        _fail("--run_dir is empty; give a folder path, e.g. --run_dir=runs/my_run")
     name = os.path.splitext(os.path.basename(gin_files[-1]))[0]
     run_dir = FLAGS.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
@@ -83,7 +94,9 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console script `keras-largebatch`."""
-    app.run(main)
+    from keras_largebatch import cli_flags
+
+    app.run(main, flags_parser=cli_flags.parse)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ being read as True. Booleans are never numbers here (True is not the integer 1).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import typing
 
 from keras_largebatch.errors import UserInputError
 
@@ -95,3 +97,25 @@ def increasing(name: str, values, *, fix: str) -> list:
         if not b > a:
             raise UserInputError(f"{name}={values!r} is out of order ({b!r} after {a!r}); {fix}")
     return values
+
+
+def checking_booleans(fn, name: str | None = None):
+    """`fn` whose `bool`-annotated parameters refuse non-bools (config values like 'no').
+
+    Used on the functions a config binds (data sources, model builders, make_augment), so a
+    binding `cifar10.tfds_fallback = 'no'` fails with one line instead of meaning True.
+    """
+    hints = typing.get_type_hints(fn)
+    flags = [p for p, t in hints.items() if t is bool or t == (bool | None)]
+    if not flags:
+        return fn
+    label = name or fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for param in flags:
+            if param in kwargs and kwargs[param] is not None:
+                boolean(f"{label}.{param}", kwargs[param])
+        return fn(*args, **kwargs)
+
+    return wrapper

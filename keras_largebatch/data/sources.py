@@ -106,7 +106,19 @@ def _tfds_arrays(tfds_name: str, data_dir: str | None) -> tuple[Arrays, Arrays]:
     return to_arrays(splits[0]), to_arrays(splits[1])
 
 
+def check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> None:
+    """Every label must be a class index in [0, num_classes) (checked when data is loaded)."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise UserInputError(
+            f"{name} {split} labels hold {int(labels[bad[0]])} at example {int(bad[0])} "
+            f"({bad.size} labels outside 0..{num_classes - 1}); the label file is damaged or "
+            f"not of this dataset: reinstall or replace it")
+
+
 def _from_arrays(name, train: Arrays, test: Arrays, num_classes, mean=None, std=None):
+    for split, (_, labels) in (("train", train), ("test", test)):
+        check_labels(name, split, labels, num_classes)
     if mean is None:  # measured on the training set
         scaled = train[0].astype(np.float64) / 255.0
         mean = tuple(scaled.mean(axis=(0, 1, 2)))

@@ -115,6 +115,9 @@ class LARS(keras.optimizers.Optimizer):
                 f"`trust_ratio_form` must be one of {', '.join(TRUST_RATIO_FORMS)}. "
                 f"Received: trust_ratio_form={trust_ratio_form!r}"
             )
+        for flag, value in (("nesterov", nesterov), ("exclude_rank_1", exclude_rank_1)):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{flag}` must be True or False. Received: {flag}={value!r}")
         self.momentum = float(momentum)
         self.coupled_weight_decay = float(weight_decay)
         self.trust_coefficient = float(trust_coefficient)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.gin_policy import ALLOW_FLAG, restricted
 from keras_largebatch.studies.manifest import SWEEP_FILE, is_folder_name
 from keras_largebatch.studies.metrics import METRICS
 
@@ -40,11 +41,12 @@ class RunSpec:
     gin_files: tuple[str, ...]
     bindings: tuple[str, ...]
 
-    def command(self, run_dir: str, python: str = sys.executable) -> list[str]:
+    def command(self, run_dir: str, python: str = sys.executable, *,
+                allow_imports: bool = False) -> list[str]:
         return [python, "-m", "keras_largebatch.main",
                 *(f"--gin_file={f}" for f in self.gin_files),
                 *(f"--gin_bindings={b}" for b in self.bindings),
-                f"--run_dir={run_dir}"]
+                f"--run_dir={run_dir}", *([ALLOW_FLAG] if allow_imports else [])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +169,11 @@ def sweep(
                  base_lr_key=base_lr_key)
 
 
-def load_study(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Study:
-    """Parse study gin files (only `sweep.*` bindings) and expand them."""
+def load_study(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
+               allow_imports: bool = False) -> Study:
+    """Parse study gin files (only `sweep.*` bindings) and expand them.
+
+    `import` statements are refused unless `allow_imports` (keras_largebatch/gin_policy.py)."""
     import gin
 
     gin.clear_config()
@@ -176,7 +181,10 @@ def load_study(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Study:
     for path in (os.getcwd(), REPO_DIR):
         gin.add_config_file_search_path(path)
     try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+        with restricted(allow_imports=allow_imports):
+            gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    except UserInputError:
+        raise
     except Exception as e:  # gin raises many types for bad text
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserInputError(

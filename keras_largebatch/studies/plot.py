@@ -276,7 +276,9 @@ def run() -> None:
                         "these comma-separated globs, e.g. 'boom_*'.")
     flags.DEFINE_string("out_dir", None, "Sweeps: write the figures here instead of the sweep "
                         "folder.")
-    app.run(main)
+    from keras_largebatch import cli_flags
+
+    app.run(main, flags_parser=cli_flags.parse)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,11 @@ def _error_line(log_path: str) -> str:
 
 
 def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "",
-              python: str = sys.executable, poll_s: float = 0.5, echo=None) -> list[dict]:
+              python: str = sys.executable, poll_s: float = 0.5, echo=None,
+              allow_imports: bool = False) -> list[dict]:
     """Run every unfinished run of `study` (at most `parallel` at once); returns summary rows.
+
+    `allow_imports` passes --gin_allow_imports to every run (keras_largebatch/gin_policy.py).
 
     SIGTERM / SIGINT end the running runs with SIGTERM (they resume next time) and re-raise
     KeyboardInterrupt after the summary is written.
@@ -110,13 +113,14 @@ def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "
     lock_fd = _lock(sweep_dir)
     try:
         return _run_locked(study, sweep_dir=sweep_dir, parallel=parallel, title=title,
-                           python=python, poll_s=poll_s, echo=echo, lock_fd=lock_fd)
+                           python=python, poll_s=poll_s, echo=echo, lock_fd=lock_fd,
+                           allow_imports=allow_imports)
     finally:
         os.close(lock_fd)
 
 
 def _run_locked(study: Study, *, sweep_dir: str, parallel: int, title: str, python: str,
-                poll_s: float, echo, lock_fd: int) -> list[dict]:
+                poll_s: float, echo, lock_fd: int, allow_imports: bool) -> list[dict]:
     """`run_sweep` once <sweep_dir>/.sweep.lock is held (`lock_fd`, passed on to the runs)."""
     title = title or os.path.basename(os.path.abspath(sweep_dir))
     manifest_path = os.path.join(sweep_dir, SWEEP_FILE)
@@ -135,7 +139,7 @@ def _run_locked(study: Study, *, sweep_dir: str, parallel: int, title: str, pyth
     queue = []
     for spec in study.runs:
         run_dir = os.path.join(sweep_dir, spec.name)
-        command = spec.command(run_dir, python)
+        command = spec.command(run_dir, python, allow_imports=allow_imports)
         old = state.get(spec.name, {})
         if is_finished(run_dir):
             if old.get("command") and old["command"] != command:
@@ -223,6 +227,8 @@ def _define_flags():
     flags.DEFINE_string("sweep_dir", None, "Output folder (default runs/<study file name>).")
     flags.DEFINE_integer("parallel", 1, "Runs at once.")
     flags.DEFINE_bool("dry_run", False, "Print each run's command and exit.")
+    flags.DEFINE_bool("gin_allow_imports", False, "Let the study file and every run's gin "
+                      "config import Python modules (they are then code that runs as you).")
     flags.DEFINE_bool("plot", True, "Regenerate the plots (keras_largebatch.studies.plot) at the "
                       "end.")
 
@@ -243,13 +249,16 @@ def main(argv: list[str]) -> None:
     name = os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0]
     sweep_dir = FLAGS.sweep_dir or os.path.join("runs", name)
     try:
-        study = load_study(FLAGS.gin_file, FLAGS.gin_bindings)
+        allow = FLAGS.gin_allow_imports
+        study = load_study(FLAGS.gin_file, FLAGS.gin_bindings, allow_imports=allow)
         if FLAGS.dry_run:
             for spec in study.runs:
                 print(" ".join(repr(a) if " " in a else a
-                               for a in spec.command(os.path.join(sweep_dir, spec.name))))
+                               for a in spec.command(os.path.join(sweep_dir, spec.name),
+                                                     allow_imports=allow)))
             return
-        rows = run_sweep(study, sweep_dir=sweep_dir, parallel=FLAGS.parallel, title=name)
+        rows = run_sweep(study, sweep_dir=sweep_dir, parallel=FLAGS.parallel, title=name,
+                         allow_imports=allow)
     except UserInputError as e:
         _fail(e.line)
     except KeyboardInterrupt:
@@ -275,7 +284,9 @@ def run() -> None:
     from absl import app
 
     _define_flags()
-    app.run(main)
+    from keras_largebatch import cli_flags
+
+    app.run(main, flags_parser=cli_flags.parse)
 
 
 if __name__ == "__main__":

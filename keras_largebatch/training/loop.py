@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from keras_largebatch.data import DataSource, get_source
 from keras_largebatch.data.eval_inputs import eval_dataset_fn
+from keras_largebatch.errors import as_user_error
 from keras_largebatch.optimizers.lars_callback import find_lars
 from keras_largebatch.schedules.progress import default_progress
 from keras_largebatch.studies import results as rs
@@ -133,77 +134,81 @@ def run(config: RunConfig, *, run_dir: str, components: Components, signals: Sig
         strategy: tf.distribute.Strategy | None = None, dry_run: bool = False) -> dict:
     """Train as `config` says (see `train`); returns the results dict."""
     o, ckpt, verbose = config.optimization, config.checkpointing, config.logging.verbose
-    # ---- Set-up: checks first, then seeds ---------------------------------------------------
-    guard = DivergenceGuard(on_divergence=ckpt.on_divergence,
-                            loss_upper_bound=ckpt.loss_upper_bound,
-                            lr_factor=ckpt.divergence_lr_factor, max_restores=ckpt.max_restores)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
+    # Everything before the first update: any failure is one error line, exit 2 (errors.py)
+    with as_user_error("setting up the run"):
+        # ---- Set-up: checks first, then seeds ---------------------------------------------------
+        guard = DivergenceGuard(on_divergence=ckpt.on_divergence,
+                                loss_upper_bound=ckpt.loss_upper_bound,
+                                lr_factor=ckpt.divergence_lr_factor, max_restores=ckpt.max_restores)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(config.seed)
 
-    # ---- Strategy and data ------------------------------------------------------------------
-    strategy = strategy or components.make_strategy()
-    replicas = strategy.num_replicas_in_sync
-    source = (config.data.dataset if isinstance(config.data.dataset, DataSource)
-              else get_source(config.data.dataset, sources=components.sources))
+        # ---- Strategy and data ------------------------------------------------------------------
+        strategy = strategy or components.make_strategy()
+        replicas = strategy.num_replicas_in_sync
+        source = (config.data.dataset if isinstance(config.data.dataset, DataSource)
+                  else get_source(config.data.dataset, sources=components.sources))
 
-    # ---- Batch phases and the learning rate -------------------------------------------------
-    phases = build.plan_phases(config, source, replicas)
-    learning_rate = build.resolve_learning_rate(
-        o.learning_rate, build.batch_schedule_of(config), phases, lr_scaling=o.lr_scaling,
-        lr_reference_batch_size=o.lr_reference_batch_size)
+        # ---- Batch phases and the learning rate -------------------------------------------------
+        phases = build.plan_phases(config, source, replicas)
+        learning_rate = build.resolve_learning_rate(
+            o.learning_rate, build.batch_schedule_of(config), phases, lr_scaling=o.lr_scaling,
+            lr_reference_batch_size=o.lr_reference_batch_size)
 
-    # ---- Model, optimizer, train step -------------------------------------------------------
-    progress = default_progress()
-    parts = build.build_parts(config, components, strategy, source, progress,
-                              learning_rate=learning_rate, guard=guard)
-    evaluate = build.evaluate_fn(parts.model, strategy)  # sharded over replicas and workers
-    test_data = eval_dataset_fn(source, split="test", batch_size=config.data.eval_batch_size)
-    train_data = (eval_dataset_fn(source, split="train", batch_size=config.data.eval_batch_size)
-                  if config.data.eval_train_set else None)
-    if dry_run:
-        return {"status": "dry_run", "dataset": source.name, "model": o.model,
-                "parameters": int(parts.model.count_params()),
-                "optimizer": type(parts.optimizer).__name__, "replicas": replicas,
-                "learning_rate": build.current_lr(parts.optimizer),
-                "phases": [(p.start_epoch, p.end_epoch, p.batch_size, p.lr_multiplier)
-                           for p in phases]}
+        # ---- Model, optimizer, train step -------------------------------------------------------
+        progress = default_progress()
+        parts = build.build_parts(config, components, strategy, source, progress,
+                                  learning_rate=learning_rate, guard=guard)
+        evaluate = build.evaluate_fn(parts.model, strategy)  # sharded: replicas and workers
+        test_data = eval_dataset_fn(source, split="test", batch_size=config.data.eval_batch_size)
+        train_data = (eval_dataset_fn(source, split="train",
+                                      batch_size=config.data.eval_batch_size)
+                      if config.data.eval_train_set else None)
+        if dry_run:
+            return {"status": "dry_run", "dataset": source.name, "model": o.model,
+                    "parameters": int(parts.model.count_params()),
+                    "optimizer": type(parts.optimizer).__name__, "replicas": replicas,
+                    "learning_rate": build.current_lr(parts.optimizer),
+                    "phases": [(p.start_epoch, p.end_epoch, p.batch_size, p.lr_multiplier)
+                               for p in phases]}
 
-    # ---- Run directory and restore (nothing is written before the checks above) ------------
-    chief = is_chief()
-    rundir.check_compatible(run_dir, config_text, overwrite=overwrite)
-    checkpointer = Checkpointer(
-        run_dir=run_dir, model=parts.model, optimizer=parts.optimizer, progress=progress,
-        metrics=parts.metrics, strategy=strategy, chief=chief, step=parts.step,
-        lr_multiplier=guard.lr_multiplier, keep=ckpt.keep, overwrite=overwrite, verbose=verbose)
-    position = checkpointer.restore()  # refused (UserInputError) before any write
-    if chief:
-        rundir.prepare(run_dir, config_text, overwrite=overwrite)
-    summaries = Summaries(run_dir, enabled=chief)
-    if isinstance(parts.step, BAChunkStep):
-        parts.step.summary_writer = summaries.writer  # per-update ba/* scalars, in-graph
-    if config_text:
-        summaries.text("config", config_text)
-    if operative_config is not None:
-        summaries.text("operative_config", operative_config())
+        # ---- Run directory and restore (nothing is written before the checks above) ------------
+        chief = is_chief()
+        rundir.check_usable(run_dir)
+        rundir.check_compatible(run_dir, config_text, overwrite=overwrite)
+        checkpointer = Checkpointer(
+            run_dir=run_dir, model=parts.model, optimizer=parts.optimizer, progress=progress,
+            metrics=parts.metrics, strategy=strategy, chief=chief, step=parts.step,
+            lr_multiplier=guard.lr_multiplier, keep=ckpt.keep, overwrite=overwrite, verbose=verbose)
+        position = checkpointer.restore()  # refused (UserInputError) before any write
+        if chief:
+            rundir.prepare(run_dir, config_text, overwrite=overwrite)
+        summaries = Summaries(run_dir, enabled=chief)
+        if isinstance(parts.step, BAChunkStep):
+            parts.step.summary_writer = summaries.writer  # per-update ba/* scalars, in-graph
+        if config_text:
+            summaries.text("config", config_text)
+        if operative_config is not None:
+            summaries.text("operative_config", operative_config())
 
-    # ---- Actions after every update (training/actions/) -------------------------------------
-    divergence = DivergenceCheck(
-        guard, checkpointer, metrics=parts.metrics, progress=progress,
-        variables=[*parts.model.variables, *parts.optimizer.variables],
-        log_every_steps=config.logging.every_steps, summaries=summaries)
-    actions = [
-        StepSummaries(summaries, metrics=parts.metrics, progress=progress,
-                      current_lr=lambda: build.current_lr(parts.optimizer),
-                      batch_size=lambda epoch: phase_of(phases, epoch).batch_size,
-                      log_every_steps=config.logging.every_steps),
-        *config.extra_actions,
-        divergence,
-        PeriodicCheckpoint(checkpointer, divergence, ckpt.every_steps),
-        PreemptionCheckpoint(signals, checkpointer, divergence, epochs=o.epochs),
-    ]
-    if guard.mode == "restore" and checkpointer.last_saved is None:
-        checkpointer.save(0)  # a checkpoint to roll back to before the first one is due
+        # ---- Actions after every update (training/actions/) -------------------------------------
+        divergence = DivergenceCheck(
+            guard, checkpointer, metrics=parts.metrics, progress=progress,
+            variables=[*parts.model.variables, *parts.optimizer.variables],
+            log_every_steps=config.logging.every_steps, summaries=summaries)
+        actions = [
+            StepSummaries(summaries, metrics=parts.metrics, progress=progress,
+                          current_lr=lambda: build.current_lr(parts.optimizer),
+                          batch_size=lambda epoch: phase_of(phases, epoch).batch_size,
+                          log_every_steps=config.logging.every_steps),
+            *config.extra_actions,
+            divergence,
+            PeriodicCheckpoint(checkpointer, divergence, ckpt.every_steps),
+            PreemptionCheckpoint(signals, checkpointer, divergence, epochs=o.epochs),
+        ]
+        if guard.mode == "restore" and checkpointer.last_saved is None:
+            checkpointer.save(0)  # a checkpoint to roll back to before the first one is due
 
     # ---- Train ------------------------------------------------------------------------------
     runner = EpochRunner(config=config, strategy=strategy, source=source, parts=parts,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 import keras
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.optimizers import LARS, BAMomentum
 
@@ -53,4 +54,29 @@ def create_optimizer(name: str, *, learning_rate,
         raise UserInputError(
             f"unknown optimizer {name!r}; choose one of {', '.join(sorted(table))}"
         )
-    return table[name](learning_rate=learning_rate)
+    return check_optimizer(table[name](learning_rate=learning_rate))
+
+
+def check_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """Refuse settings Keras accepts silently: non-bool flags ('no' would mean True), negative
+    clipping or decay, betas outside [0, 1). Names as in a gin binding: `SGD.nesterov`."""
+    cls = type(optimizer).__name__
+    for attr in ("nesterov", "amsgrad", "use_ema"):
+        value = getattr(optimizer, attr, None)
+        if value is not None:
+            validate.boolean(f"{cls}.{attr}", value)
+    for attr in ("clipnorm", "clipvalue", "global_clipnorm"):
+        value = getattr(optimizer, attr, None)
+        if value is not None:
+            validate.positive(f"{cls}.{attr}", value, fix="give a finite number > 0 or None")
+    for attr in ("beta_1", "beta_2"):
+        value = getattr(optimizer, attr, None)
+        if value is not None:
+            validate.in_range(f"{cls}.{attr}", value, 0.0, 1.0, high_open=True)
+    for attr in ("weight_decay", "epsilon"):
+        value = getattr(optimizer, attr, None)
+        if value is not None:
+            validate.in_range(f"{cls}.{attr}", value, 0.0, float("inf"), high_open=True)
+    if getattr(optimizer, "use_ema", False):
+        validate.in_range(f"{cls}.ema_momentum", optimizer.ema_momentum, 0.0, 1.0)
+    return optimizer

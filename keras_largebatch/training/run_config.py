@@ -20,6 +20,7 @@ import keras
 
 from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.schedules.batch import BatchSchedule
 from keras_largebatch.schedules.scaling import RULES as LR_SCALING_RULES
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
@@ -53,6 +54,9 @@ class DataConfig:
         if not validate.is_int(self.repeats) or self.repeats < 1:
             raise UserInputError(f"train.repeats must be an integer >= 1; got {self.repeats!r}")
         _positive_int("train.eval_batch_size", self.eval_batch_size)
+        if not (self.augment is None or isinstance(self.augment, str) or callable(self.augment)):
+            raise UserInputError(f"train.augment must be a policy name ('standard', 'cutout', "
+                                 f"'inception'), a callable or None; got {self.augment!r}")
         validate.boolean("train.eval_train_set", self.eval_train_set)
 
 
@@ -84,6 +88,10 @@ class OptimizationConfig:
         if self.model_options is not None and not isinstance(self.model_options, dict):
             raise UserInputError(f"train.model_options must be a dict or None; got "
                                  f"{self.model_options!r}")
+        if self.batch_schedule is not None and not isinstance(self.batch_schedule,
+                                                              BatchSchedule):
+            raise UserInputError(f"train.batch_schedule must be a batch schedule such as "
+                                 f"@AdaBatch() or None; got {self.batch_schedule!r}")
         validate.one_of("train.lr_scaling", self.lr_scaling, LR_SCALING_RULES)
         _positive_int("train.lr_reference_batch_size", self.lr_reference_batch_size)
         _optional_whole("train.max_per_replica_batch", self.max_per_replica_batch, 1)

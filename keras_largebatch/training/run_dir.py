@@ -20,8 +20,14 @@ def check_compatible(run_dir: str, config_text: str, *, overwrite: bool) -> None
     path = os.path.join(run_dir, CONFIG_FILE)
     if overwrite or not os.path.exists(path):
         return
-    with open(path) as f:
-        old = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        why = "is not UTF-8 text" if isinstance(e, UnicodeDecodeError) else f"({e.strerror})"
+        raise UserInputError(
+            f"{path} {why}, so this run cannot be checked against it; move it away, or pass "
+            f"--overwrite to start the run afresh") from None
     if old.strip() == config_text.strip():
         return
     changed = [
@@ -42,3 +48,24 @@ def prepare(run_dir: str, config_text: str, *, overwrite: bool) -> None:
         shutil.rmtree(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     files.write_text_atomic(os.path.join(run_dir, CONFIG_FILE), config_text)
+
+
+def check_usable(run_dir: str) -> None:
+    """Raise (writing nothing) if `run_dir` cannot hold a run: a file where the folder should
+    be, an unwritable or read-only parent, or run files of the wrong kind inside it."""
+    if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+        raise UserInputError(f"--run_dir {run_dir} exists and is not a folder; choose a folder "
+                             f"path for the run")
+    parent = os.path.abspath(run_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserInputError(f"cannot write --run_dir {run_dir}: {parent} is not a writable "
+                             f"folder (read-only file system or permissions); choose another "
+                             f"--run_dir")
+    for name, want_dir in ((CONFIG_FILE, False), ("checkpoints", True)):
+        path = os.path.join(run_dir, name)
+        if os.path.lexists(path) and os.path.isdir(path) != want_dir:
+            kind = "a folder" if want_dir else "a file"
+            raise UserInputError(f"{path} should be {kind} of a run; move it away, or pass "
+                                 f"--overwrite to start the run afresh")

@@ -25,15 +25,23 @@ def _tf_config() -> dict | None:
     try:
         cfg = json.loads(raw)
         workers = cfg["cluster"]["worker"]
+        if not isinstance(workers, list) or not workers:
+            raise ValueError
         task = cfg["task"]
         if task["type"] != "worker" or not 0 <= int(task["index"]) < len(workers):
             raise ValueError
     except (ValueError, KeyError, TypeError):
         raise UserInputError(
-            f"TF_CONFIG is malformed ({raw[:80]!r}); expected "
+            f"TF_CONFIG is malformed ({raw!r}); expected "
             '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
             '"index": i}} or unset it for single-machine training'
         ) from None
+    for address in workers:
+        host, _, port = str(address).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserInputError(
+                f"TF_CONFIG worker address {address!r} is not host:port (port 1-65535); "
+                f"write every worker as e.g. \"10.0.0.1:12345\"")
     return cfg
 
 
