@@ -12,6 +12,8 @@ The message is not forced to one line here: Keras re-raises exceptions from `Lay
 
 import contextlib
 
+from keras_largebatch.disk_full import is_disk_full
+
 
 class UserInputError(ValueError):
     """Bad input from the user: one line naming the value and the fix."""
@@ -47,4 +49,6 @@ def as_user_error(what: str):
     except UserInputError:
         raise
     except Exception as e:  # noqa: BLE001 - every set-up failure becomes one line
+        if is_disk_full(e):  # a full disk keeps its own line and exit status (disk_full.py)
+            raise
         raise UserInputError(describe(e, what)) from e

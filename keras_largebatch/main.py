@@ -9,8 +9,9 @@ Rerunning with the same --run_dir resumes from its latest checkpoint. Bad input 
 text, value, run dir or data file: anything that fails before the first update) ends with one
 line on stderr naming the value and the fix, exit status 2, and no change to the run dir. gin
 `import` statements are refused unless --gin_allow_imports (keras_largebatch/gin_policy.py).
-Other exit statuses: 0 completed, 1 crashed, 3 diverged, 128+N stopped by signal N after saving
-a checkpoint (SIGTERM 143, SIGINT 130; rerun to resume) - see training/signals.py.
+Other exit statuses: 0 completed, 1 crashed, 3 diverged, 4 disk full (one line naming the path;
+rerun once space is free to resume), 128+N stopped by signal N after saving a checkpoint
+(SIGTERM 143, SIGINT 130; rerun to resume) - see training/signals.py.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # gin logs every include lookup at INFO/ERROR
 
     from keras_largebatch import config, gin_policy
+    from keras_largebatch.disk_full import DiskFullError, is_disk_full
     from keras_largebatch.errors import UserInputError
-    from keras_largebatch.training.signals import SignalCatcher, exit_status
+    from keras_largebatch.training.signals import EXIT_DISK_FULL, SignalCatcher, exit_status
 
     configured = config.register_configurables()
     if FLAGS.list_configurables:
@@ -89,6 +91,12 @@ def main(argv: list[str]) -> None:
         _fail(e.line)
     except TypeError as e:  # a binding of the wrong type reaching a library function
         _fail(f"bad value in the gin config: {str(e).splitlines()[0]}")
+    except Exception as e:  # a full disk anywhere in the run: its own line and status
+        if not is_disk_full(e):
+            raise
+        line = e.line if isinstance(e, DiskFullError) else DiskFullError(run_dir).line
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_DISK_FULL)
     sys.exit(exit_status(result))  # 0 done, 3 diverged, 128+N interrupted by N
 
 

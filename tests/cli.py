@@ -17,16 +17,40 @@ def cli_command(faults: list[str] | tuple = ()) -> list[str]:
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300,
-            script: str | None = None, faults: list[str] | tuple = ()
+            script: str | None = None, faults: list[str] | tuple = (), cwd: Path | None = None
             ) -> subprocess.CompletedProcess:
     """Run `python -m keras_largebatch.main ARGS` (or a console script) from the repo root.
 
-    `faults`: e.g. ["kill_at_step=25"], injected by tests/faults.py."""
+    `faults`: e.g. ["kill_at_step=25"], injected by tests/faults.py. `cwd`: run from another
+    folder (this checkout stays first on the import path; pass gin files by absolute path)."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    if cwd is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), *filter(None, [full_env.get("PYTHONPATH")])])
     cmd = [script] if script else cli_command(faults)
-    return subprocess.run([*cmd, *args], cwd=REPO, env=full_env, capture_output=True,
+    return subprocess.run([*cmd, *args], cwd=cwd or REPO, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def tree_state(path: Path, *, skip_content: str = "") -> dict[str, str]:
+    """Every entry under `path` (links not followed) -> sha256 of a file's bytes, "dir", or
+    "link -> target": equal dicts mean byte-identical trees. Files whose relative path starts
+    with `skip_content` are listed by name only (a live process may append to them)."""
+    import hashlib
+
+    state = {}
+    for entry in sorted(path.rglob("*")):
+        rel = str(entry.relative_to(path))
+        if entry.is_symlink():
+            state[rel] = f"link -> {os.readlink(entry)}"
+        elif entry.is_dir():
+            state[rel] = "dir"
+        elif skip_content and rel.startswith(skip_content):
+            state[rel] = "file"
+        else:
+            state[rel] = hashlib.sha256(entry.read_bytes()).hexdigest()
+    return state

@@ -4,6 +4,7 @@ chosen update, and a kill in the middle of a checkpoint write. Nothing of this i
     python -m tests.faults kill_at_step=25 -- --gin_file=gin/tests/tiny.gin --run_dir=...
     python -m tests.faults signal_at_step=35:SIGTERM -- ...
     python -m tests.faults kill_in_save=46 -- ...
+    python -m tests.faults hold_at_step=6:<flag file> -- ...   (write the flag, then sleep)
 
 The faults reach the loop as `train(extra_actions=[...])` (the public hook for user actions,
 keras_largebatch/training/actions/), added to the call main makes, so the run's config.gin and
@@ -19,6 +20,7 @@ import glob
 import os
 import signal
 import sys
+import time
 
 from keras_largebatch.training.actions import Action, StepOutput
 
@@ -43,6 +45,20 @@ class SignalAtStep(Action):
     def __call__(self, out: StepOutput):
         if not out.epoch_end and out.updates == self.at:
             os.kill(os.getpid(), self.signum)
+
+
+class HoldAtStep(Action):
+    """After global update `at`, write this process's PID to `flag` and sleep (a run that is
+    still going: tests start a second process meanwhile, then kill this one)."""
+
+    def __init__(self, at: int, flag: str):
+        self.at, self.flag = at, flag
+
+    def __call__(self, out: StepOutput):
+        if not out.epoch_end and out.updates == self.at:
+            with open(self.flag, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
 
 
 def truncate_and_kill(save_path) -> None:
@@ -70,7 +86,8 @@ def kill_in_save(at: int) -> None:
 
 
 def parse(specs: list[str]) -> list[Action]:
-    """`kill_at_step=N`, `signal_at_step=N:SIG`, `kill_in_save=N` -> actions (or patches)."""
+    """`kill_at_step=N`, `signal_at_step=N:SIG`, `hold_at_step=N:FLAG`, `kill_in_save=N` ->
+    actions (or patches)."""
     actions = []
     for spec in specs:
         name, _, value = spec.partition("=")
@@ -79,6 +96,9 @@ def parse(specs: list[str]) -> list[Action]:
         elif name == "signal_at_step":
             at, _, sig = value.partition(":")
             actions.append(SignalAtStep(int(at), signal.Signals[sig or "SIGTERM"]))
+        elif name == "hold_at_step":
+            at, _, flag = value.partition(":")
+            actions.append(HoldAtStep(int(at), flag))
         elif name == "kill_in_save":
             kill_in_save(int(value))
         else:

@@ -54,7 +54,7 @@ CASES = {
                              "train.deterministic='no' must be True or False"),
     "augment_flip_string": ([B + "train.augment = 'standard'", B + "make_augment.flip = 'no'"],
                             "make_augment.flip='no'"),
-    "run_dir_is_a_file": ([], "exists and is not a folder"),
+    "run_dir_is_a_file": ([], "not a folder"),
     "config_gin_not_utf8": ([], "is not UTF-8 text"),
     "config_gin_is_a_folder": ([], "should be a file"),
     "checkpoints_is_a_file": ([], "should be a folder"),

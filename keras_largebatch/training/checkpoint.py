@@ -27,6 +27,18 @@ one count twice, so a save never overwrites the checkpoint the state file names 
 ckpt-N of a killed process is overwritten when the resumed run reaches update N again). There is
 no fsync: this protects against killed processes, not against power loss.
 
+Resume (checkpoint_files.py): the checkpoints are found from the ckpt-N files on disk, newest
+first; a damaged one (index missing, a tensor that does not read back) is skipped with one
+`warning:` line and the next older one is tried. A checkpoint that reads back but does not fit
+this run's model or optimizer is a config mismatch, not damage: a one-line UserInputError.
+When checkpoints exist and none reads back the run is refused (UserInputError, nothing
+written): it never starts again from update 0 over them without --overwrite. The
+CheckpointManager, which deletes checkpoints beyond `max_to_keep`, is created at the first save
+from a state file rebuilt to hold only the restored checkpoint and older ones, so a broken newer
+checkpoint never causes an intact one to be deleted (it stays until the resumed run overwrites
+it at the same update). A full disk during a save raises disk_full.DiskFullError (exit 4) and
+removes only the save's own staging folder ckpt-N_temp/.
+
 Multi-worker (TF_CONFIG): every worker saves at the same updates (a save may need collectives);
 the chief into <run_dir>/checkpoints, the others into a private temporary directory deleted at
 the end. Every worker restores from the chief's directory, so the run_dir must be on storage all
@@ -49,7 +61,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_largebatch import files
+from keras_largebatch.disk_full import DiskFullError, is_disk_full, naming
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.training import checkpoint_files as cf
 from keras_largebatch.training import run_dir as rundir
 
 CHECKPOINT_DIR = "checkpoints"
@@ -123,8 +137,10 @@ class Checkpointer:
         self.checkpoint = tf.train.Checkpoint(**parts)
         self.directory = os.path.join(run_dir, CHECKPOINT_DIR)
         self._private_dir = None if chief else tempfile.mkdtemp(prefix="keras_largebatch-worker-")
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._private_dir or self.directory, max_to_keep=keep if chief else 1)
+        self._keep = keep if chief else 1
+        self._manager: tf.train.CheckpointManager | None = None
+        self._resumed_from: int | None = None  # checkpoint number restored at start
+        self._latest: str | None = None  # prefix of the newest checkpoint saved or restored
         self.last_saved: int | None = None
 
     @property
@@ -132,17 +148,40 @@ class Checkpointer:
         """Per-epoch records (restored with the checkpoint; the loop appends to this list)."""
         return self.state.history
 
+    @property
+    def manager(self) -> tf.train.CheckpointManager:
+        """The CheckpointManager, made at the first save (after run_dir.prepare), from a state
+        file that names only intact checkpoints (see the module docstring)."""
+        if self._manager is None:
+            directory = self._private_dir or self.directory
+            if self._resumed_from is not None and not self._private_dir:
+                kept = [n for n in cf.numbers(directory) if n <= self._resumed_from]
+                with naming(os.path.join(directory, cf.STATE_FILE)):
+                    cf.write_state(directory, sorted(kept))
+            self._manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                                       max_to_keep=self._keep)
+        return self._manager
+
     # ---- Restore -------------------------------------------------------------------------
     def restore(self) -> Position:
-        """Restore the latest checkpoint (or initialise); the position to start at."""
-        latest = None if self.overwrite else tf.train.latest_checkpoint(self.directory)
-        if latest is None:
+        """Restore the newest intact checkpoint (or initialise); the position to start at."""
+        found = [] if self.overwrite else cf.numbers(self.directory)
+        if not found:
             self.progress.samples_seen.assign(0)
             self.progress.begin_epoch(0, 1)
             self.metrics.reset()
             self._check_workers_agree(0)
             return Position(0, 0, 0)
+        latest, skipped = self._newest_intact(found)
+        note = cf.state_note(self.directory, found)
+        if note:
+            print(f"warning: {note}; resuming from the checkpoint files themselves",
+                  file=sys.stderr, flush=True)
+        for path, reason in skipped:
+            print(f"warning: skipping damaged checkpoint {path} ({reason}); resuming from "
+                  f"{latest}", file=sys.stderr, flush=True)
         self.restore_from(latest)
+        self._resumed_from = int(latest.rsplit("-", 1)[1])
         position = self.position()
         self._check_workers_agree(position.updates)
         self.last_saved = position.updates
@@ -159,8 +198,26 @@ class Checkpointer:
             epoch, step = epoch + 1, 0
         return Position(epoch, step, self.state.updates)
 
+    def _newest_intact(self, found: list[int]) -> tuple[str, list[tuple[str, str]]]:
+        """The newest checkpoint of `found` that reads back, and the (path, reason) of the
+        newer ones skipped; UserInputError (nothing written) if none reads back."""
+        skipped = []
+        for number in found:
+            path = cf.prefix(self.directory, number)
+            reason = cf.damage(path)
+            if reason is None:
+                return path, skipped
+            skipped.append((path, reason))
+        path, reason = skipped[0]
+        others = f", nor can the {len(skipped) - 1} older one(s)" if len(skipped) > 1 else ""
+        raise UserInputError(
+            f"checkpoint {path} cannot be restored into this run ({reason}){others}: "
+            f"{'they are' if others else 'it is'} damaged; move {self.directory} away to keep "
+            f"them, or pass --overwrite to start afresh")
+
     def latest(self) -> str | None:
-        return tf.train.latest_checkpoint(self.directory)
+        """The newest checkpoint this run saved or restored (the one to roll back to)."""
+        return self._latest or tf.train.latest_checkpoint(self.directory)
 
     def restore_from(self, path: str) -> None:
         try:
@@ -168,9 +225,10 @@ class Checkpointer:
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise UserInputError(
-                f"checkpoint {path} cannot be restored into this run ({first}); it is damaged or "
-                f"holds another model or optimizer: move {self.directory} away, or pass "
+                f"checkpoint {path} cannot be restored into this run ({first}); it holds another "
+                f"model or optimizer (a changed config?): move {self.directory} away, or pass "
                 f"--overwrite to start afresh") from None
+        self._latest = path
 
     def _check_workers_agree(self, updates: int) -> None:
         """Multi-worker: every worker must have restored the same update count."""
@@ -195,7 +253,15 @@ class Checkpointer:
         if self.last_saved == updates:
             return False
         self.state.updates = updates
-        self.manager.save(checkpoint_number=updates)
+        manager = self.manager
+        path = cf.prefix(manager.directory, updates)
+        try:
+            self._latest = manager.save(checkpoint_number=updates)
+        except Exception as e:
+            if is_disk_full(e):  # the previous checkpoint is intact; free this save's staging
+                shutil.rmtree(path + "_temp", ignore_errors=True)
+                raise DiskFullError(path) from e
+            raise
         self.last_saved = updates
         if self.chief:
             files.write_json_atomic(os.path.join(self.run_dir, rundir.HISTORY_FILE),
@@ -225,11 +291,16 @@ class Checkpointer:
 
 
 def export_model(model: keras.Model, path: str) -> None:
-    """`model.save(path)` via a temporary name, so the file is whole or absent."""
+    """`model.save(path)` via a temporary name, so the file is whole or absent. A full disk
+    raises DiskFullError; any other failure is a warning (the weights are in the checkpoint)."""
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     try:
         model.save(tmp)
         os.replace(tmp, path)
     except Exception as e:  # noqa: BLE001 - an export failure must not lose a finished run
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if is_disk_full(e):  # exit 4: rerunning the finished run exports it again
+            raise DiskFullError(path) from e
         print(f"warning: could not export {path} ({str(e).splitlines()[0][:120]}); the final "
               f"weights are in the last checkpoint", file=sys.stderr, flush=True)

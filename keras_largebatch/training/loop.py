@@ -40,6 +40,7 @@ from keras_largebatch.training.components import Components
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.epoch import EpochRunner
 from keras_largebatch.training.run_config import RunConfig
+from keras_largebatch.training.run_lock import RunDirLock
 from keras_largebatch.training.signals import SignalCatcher
 from keras_largebatch.training.steps.ba_step import BAChunkStep
 from keras_largebatch.training.strategy import is_chief
@@ -132,7 +133,21 @@ def run(config: RunConfig, *, run_dir: str, components: Components, signals: Sig
         overwrite: bool = False, config_text: str = "",
         operative_config: Callable[[], str] | None = None,
         strategy: tf.distribute.Strategy | None = None, dry_run: bool = False) -> dict:
-    """Train as `config` says (see `train`); returns the results dict."""
+    """Train as `config` says (see `train`); returns the results dict. The run dir's lock
+    (run_lock.py), taken once every check has passed, is released when this returns."""
+    lock = RunDirLock(run_dir)
+    try:
+        return _run(config, run_dir=run_dir, components=components, signals=signals,
+                    overwrite=overwrite, config_text=config_text,
+                    operative_config=operative_config, strategy=strategy, dry_run=dry_run,
+                    lock=lock)
+    finally:
+        lock.release()
+
+
+def _run(config: RunConfig, *, run_dir: str, components: Components, signals: SignalCatcher,
+         overwrite: bool, config_text: str, operative_config: Callable[[], str] | None,
+         strategy: tf.distribute.Strategy | None, dry_run: bool, lock: RunDirLock) -> dict:
     o, ckpt, verbose = config.optimization, config.checkpointing, config.logging.verbose
     # Everything before the first update: any failure is one error line, exit 2 (errors.py)
     with as_user_error("setting up the run"):
@@ -175,7 +190,10 @@ def run(config: RunConfig, *, run_dir: str, components: Components, signals: Sig
 
         # ---- Run directory and restore (nothing is written before the checks above) ------------
         chief = is_chief()
-        rundir.check_usable(run_dir)
+        rundir.check_target(run_dir, overwrite=overwrite)  # links, home, cwd, a user's own folder
+        rundir.check_usable(run_dir)  # writable parent; run files of the right kind
+        if chief:  # only the chief writes run_dir; workers may share it over NFS
+            lock.acquire()  # "in use by process PID"
         rundir.check_compatible(run_dir, config_text, overwrite=overwrite)
         checkpointer = Checkpointer(
             run_dir=run_dir, model=parts.model, optimizer=parts.optimizer, progress=progress,

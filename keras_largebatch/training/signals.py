@@ -19,6 +19,8 @@ Exit status of the command line, which the sweep runner and shell scripts can te
     1           crashed (Python traceback; results.json not written by this attempt)
     2           bad input (one line "error: ..."; nothing written)
     3           diverged (train.on_divergence = 'stop', or restores exhausted)
+    4           disk full (one line "error: no space left on device writing <path>; ..."); the
+                last checkpoint is intact: free space and rerun the same command to resume
     128 + N     interrupted by signal N after saving a checkpoint: 130 SIGINT, 143 SIGTERM;
                 rerun the same command to resume
 
@@ -36,6 +38,7 @@ import sys
 import threading
 
 EXIT_DIVERGED = 3
+EXIT_DISK_FULL = 4
 SIGNUMS = (signal.SIGTERM, signal.SIGINT)
 
 
