@@ -187,3 +187,21 @@ def test_labels_are_checked_against_numpy():
         check_labels("fashion_mnist", split, labels, 10)
         with pytest.raises(ValueError, match="labels outside 0..8"):
             check_labels("fashion_mnist", split, labels, 9)
+
+
+def test_a_read_only_file_system_is_one_line(tmp_path):
+    """--run_dir on a read-only mount (a tmpfs mounted ro here; needs root): one line, exit 2."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    try:
+        proc = run_cli(*TINY, f"--run_dir={mount / 'run'}")
+        lines = error_lines(proc)
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+        assert "is not a writable folder" in lines[0] and "Traceback" not in proc.stderr
+        assert os.listdir(mount) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
