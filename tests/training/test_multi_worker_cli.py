@@ -32,7 +32,7 @@ CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 12000",
           B + "train.deterministic = True"]
 TIMEOUT = 300  # seconds per process
 RUN_DIR_FILES = {"checkpoints", "config.gin", "history.json", "model.keras", "results.json",
-                 "tensorboard"}
+                 "tensorboard", ".keras_largebatch_run"}  # the last: the run marker (run_dir.py)
 
 
 def free_ports(n: int) -> list[int]:
