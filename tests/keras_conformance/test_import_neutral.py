@@ -50,3 +50,14 @@ def test_import_does_not_need_tensorflow_on_other_backends():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_ba_momentum_names_its_supported_backend():
+    if keras.backend.backend() == "tensorflow":
+        return
+    import pytest
+
+    from keras_largebatch.optimizers import BAMomentum
+
+    with pytest.raises(RuntimeError, match="supported backends: tensorflow"):
+        BAMomentum()

@@ -43,7 +43,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from keras_largebatch.optimizers.ba_momentum import BAMomentum
+from keras_largebatch.optimizers.ba_momentum import BAMomentum, require_tensorflow_backend
 
 
 def ba_chunk_step(
@@ -127,6 +127,7 @@ class BATrainStep:
     """
 
     def __init__(self, *args, **kwargs):
+        require_tensorflow_backend("BAModel")
         super().__init__(*args, **kwargs)
         self._ba_metric_objects = {
             "batch_size_per_update": keras.metrics.Mean(name="batch_size_per_update"),
