@@ -7,16 +7,25 @@ Hoffer et al. 2017 ("Train longer, generalize better") normalise each slice of
 001 Section 3.6 finds the best BN batch (4-8) nearly independent of the SGD batch, and seed 003
 uses ghost BN for its large batches. Keras 3's `BatchNormalization` has no `virtual_batch_size`,
 so this layer subclasses it: same weights (gamma, beta, moving_mean, moving_variance), same
-config plus `virtual_batch_size`, same inference path.
+config plus `virtual_batch_size`, same inference path. Written in `keras.ops`: TensorFlow, JAX
+and PyTorch.
 
-Training with n = batch / virtual_batch_size > 1 groups, for each feature:
+**Groups, for any batch size B.** Sample i belongs to group floor(i / v), v =
+`virtual_batch_size`, so there are n = ceil(B / v) groups: n - 1 of v samples and a last one of
+B - (n - 1) v samples (B mod v when B is not a multiple of v, e.g. Keras' remainder batch at the
+end of an epoch). Training with n > 1 groups, for each feature:
 
     y = gamma * (x - mean_g) / sqrt(var_g + epsilon) + beta        inside group g
 
-and the moving statistics are updated the way Composer's `GhostBatchNorm` does it: Composer runs
-the wrapped BN once per chunk, in order, after dividing PyTorch's momentum (the weight of the new
-statistic) by the number of chunks. In Keras' convention (momentum = weight of the old value)
-that is n sequential updates
+**Masks** (one dimension less than the inputs, as for Keras' BatchNormalization) weight the
+moments exactly as Keras does: masked positions are excluded from each group's mean and
+variance, mean_g = sum(m x) / (sum(m) + eps_K), var_g = sum(m (x - mean_g)^2) / (sum(m) + eps_K)
+with eps_K = `keras.backend.epsilon()`; every position, masked or not, is normalised.
+
+**Moving statistics** are updated the way Composer's `GhostBatchNorm` does it: Composer runs
+the wrapped BN once per chunk, in order (its last chunk may be smaller), after dividing
+PyTorch's momentum (the weight of the new statistic) by the number of chunks. In Keras'
+convention (momentum = weight of the old value) that is n sequential updates
 
     moving <- moving * (1 - a) + stat_g * a,   a = (1 - momentum) / n,   g = 0 .. n-1,
 
@@ -26,37 +35,38 @@ averages forget at the rate Keras' BatchNormalization would, and they estimate t
 of a *virtual* batch, which is what inference should use to match training-time normalisation.
 `stat_g` is the biased group variance, as Keras BN uses the biased batch variance.
 
-`virtual_batch_size=None`, or a batch no larger than `virtual_batch_size`, runs Keras'
-`BatchNormalization.call` itself (in-graph `tf.cond` when the batch is dynamic), so the result
-is bit-identical to BatchNormalization. A batch larger than `virtual_batch_size` but not a
-multiple of it is an error (a ValueError at trace time when the batch is static, an
-`InvalidArgumentError` naming the sizes at run time when it is dynamic): pipelines use
-`drop_remainder=True`. The batch axis (0) is split; `axis` is the feature axis as in Keras.
+`virtual_batch_size=None`, or a batch no larger than `virtual_batch_size` (one group), runs
+Keras' `BatchNormalization.call` itself, masks included (`ops.cond` when the batch is dynamic),
+so the result is bit-identical to BatchNormalization. The batch axis (0) is split; `axis` is the
+feature axis as in Keras.
 
 Under `tf.distribute` the batch seen here is the per-replica batch, and by default (as in
 Keras' BN with `synchronized=False`) each replica updates its own copy of the moving
 statistics, so the copies drift apart and inference depends on the replica it runs on.
 
-`sync_moving_statistics=True` synchronises the moving statistics only: the
-training-mode output stays normalised per ghost batch *on each replica* (the point of ghost
-BN, Hoffer et al. 2017; seed 001 Section 3.6: the BN batch is set apart from the SGD batch,
-and a cross-replica BN batch would be the opposite), while each replica's update increment
-sum_g a (1 - a)^(n-1-g) stat_g is all-reduced (MEAN) over the replicas in sync before it is
-applied. All copies start equal and receive the same update, so they stay identical; the
-moving statistics become the average over every replica's ghost batches, the estimate that
-inference should use. One all-reduce of 2 x features floats per layer and step; nothing is
-exchanged with one replica or outside a replica context. With synchronisation, a per-replica
-batch no larger than `virtual_batch_size` is one group of the same rule, so its statistics are
+`sync_moving_statistics=True` (TensorFlow distribution strategies) synchronises the moving
+statistics only: the training-mode output stays normalised per ghost batch *on each replica*
+(the point of ghost BN, Hoffer et al. 2017; seed 001 Section 3.6: the BN batch is set apart
+from the SGD batch, and a cross-replica BN batch would be the opposite), while each replica's
+update increment sum_g a (1 - a)^(n-1-g) stat_g is all-reduced (MEAN) over the replicas in
+sync before it is applied. All copies start equal and receive the same update, so they stay
+identical; the moving statistics become the average over every replica's ghost batches, the
+estimate that inference should use. One all-reduce of 2 x features floats per layer and step;
+nothing is exchanged with one replica or outside a replica context (and never on JAX or
+PyTorch, which have no replica context here). With synchronisation, a per-replica batch no
+larger than `virtual_batch_size` is one group of the same rule, so its statistics are
 synchronised too. Keras' own `synchronized=True` computes each batch's moments over all
 replicas, which would merge the ghost batches: it is rejected together with
-`virtual_batch_size`, as are `renorm=True` and masks. (models/norm.py maps a builder's
+`virtual_batch_size`, as is `renorm=True`. (models/norm.py maps a builder's
 `bn_synchronized=True` to `synchronized=True` for plain BN and to this option for ghost BN.)
 """
 
 from __future__ import annotations
 
+import math
+
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
@@ -112,103 +122,117 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         config["sync_moving_statistics"] = self.sync_moving_statistics
         return config
 
-    def _syncing(self) -> bool:
-        """Whether moving-statistic updates are all-reduced here (replica context, R > 1)."""
+    def _replica_context(self):
+        """The TF replica context whose moving-statistic updates are all-reduced, or None.
+
+        Only with `sync_moving_statistics`, the TensorFlow backend, a distribution strategy
+        and more than one replica in sync.
+        """
         if not (self.sync_moving_statistics and self.virtual_batch_size) \
-                or not tf.distribute.has_strategy():
-            return False
+                or keras.backend.backend() != "tensorflow":
+            return None
+        import tensorflow as tf
+
+        if not tf.distribute.has_strategy():
+            return None
         ctx = tf.distribute.get_replica_context()
-        return ctx is not None and ctx.num_replicas_in_sync > 1
+        return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
 
     def call(self, inputs, training=None, mask=None):
         vbs = self.virtual_batch_size
         if vbs is None or not (training and self.trainable):
             return super().call(inputs, training=training, mask=mask)
-        if mask is not None:
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
             raise _call_error(
-                f"GhostBatchNormalization(virtual_batch_size={vbs}) does not support masks; "
-                "use virtual_batch_size=None"
+                "The mask provided should be one dimension less than the inputs. Received: "
+                f"mask.shape={tuple(mask.shape)}, inputs.shape={tuple(inputs.shape)}"
             )
         static_batch = inputs.shape[0]
-        syncing = self._syncing()
+        ctx = self._replica_context()
+        if ctx is not None:  # every batch goes through the all-reduce (not inside a cond)
+            return self._ghost_call(inputs, mask, static_batch, ctx)
         if static_batch is not None:
             if static_batch <= vbs:
-                if syncing:  # one group, so that the update goes through the all-reduce
-                    return self._ghost_call(inputs, 1, sync=True)
-                return super().call(inputs, training=training)
-            if static_batch % vbs:
-                raise _call_error(
-                    f"batch of {static_batch} does not split into virtual batches of "
-                    f"{vbs}; use a batch size that is a multiple of {vbs}"
-                )
-            return self._ghost_call(inputs, static_batch // vbs, sync=syncing)
-        batch = tf.shape(inputs)[0]
-        if syncing:  # both branches update through the all-reduce, which must not sit in a cond
-            groups = tf.cond(batch <= vbs, lambda: tf.constant(1),
-                             lambda: self._checked_groups(batch))
-            return self._ghost_call(inputs, groups, sync=True)
-        return tf.cond(
-            batch <= vbs,
-            lambda: super(GhostBatchNormalization, self).call(inputs, training=training),
-            lambda: self._ghost_call(inputs, self._checked_groups(batch)),
+                return super().call(inputs, training=training, mask=mask)
+            return self._ghost_call(inputs, mask, static_batch)
+        return ops.cond(
+            ops.shape(inputs)[0] <= vbs,
+            lambda: super(GhostBatchNormalization, self).call(inputs, training=True, mask=mask),
+            lambda: self._ghost_call(inputs, mask, None),
         )
 
-    def _checked_groups(self, batch):
+    def _group_sum(self, values, ids, groups):
+        """Sums of `values` [B, C] over each group of consecutive samples -> [n, C]."""
+        if keras.backend.backend() == "tensorflow":  # sorted ids; n may be dynamic
+            return ops.segment_sum(values, ids, sorted=True)
+        return ops.segment_sum(values, ids, num_segments=groups, sorted=True)
+
+    def _ghost_call(self, inputs, mask, static_batch, ctx=None):
+        """Training-mode output over ceil(B / v) virtual batches (module docstring); updates
+        the moving statistics, all-reduced over the replicas when `ctx` is given."""
         vbs = self.virtual_batch_size
-        check = tf.debugging.Assert(
-            tf.equal(batch % vbs, 0),
-            [
-                f"GhostBatchNormalization '{self.name}': a batch of",
-                batch,
-                f"does not split into virtual batches of {vbs}; use a multiple of {vbs}",
-            ],
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(batch // vbs)
-
-    def _ghost_call(self, inputs, groups, sync=False):
-        """Training-mode output for `groups` virtual batches (> 1, or 1 when `sync`); updates
-        the moving statistics, all-reduced over the replicas when `sync`."""
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
-        x = tf.cast(inputs, compute_dtype)
-        shape = tf.shape(x)
-        # [groups * vbs, ...] -> [groups, vbs, ...]; statistics per group over all axes but the
-        # group axis and the feature axis. (One group may be smaller than vbs, hence -1.)
-        grouped = tf.reshape(x, tf.concat([[groups, -1], shape[1:]], axis=0))
-        ndim = len(inputs.shape)
-        feature_axis = self.axis % ndim + 1
-        axes = [a for a in range(1, ndim + 1) if a != feature_axis]
-        mean, variance = tf.nn.moments(grouped, axes=axes, keepdims=True)
+        x = ops.cast(inputs, compute_dtype)
+        ndim = len(x.shape)
+        feature = self.axis % ndim
+        other = [a for a in range(1, ndim) if a != feature]
+        groups = None if static_batch is None else math.ceil(static_batch / vbs)
+        ids = ops.floor_divide(ops.arange(ops.shape(x)[0], dtype="int32"), vbs)
+        if mask is None:
+            weights, masked = None, x
+        else:
+            weights = ops.cast(ops.broadcast_to(ops.expand_dims(mask, -1), ops.shape(x)), "bool")
+            masked = ops.where(weights, x, ops.zeros_like(x))
 
-        gamma = tf.cast(self.gamma, compute_dtype) if self.scale else None
-        beta = tf.cast(self.beta, compute_dtype) if self.center else None
-        if feature_axis != ndim:  # channels-first: broadcast gamma/beta along the feature axis
-            bshape = [1] * (ndim + 1)
-            bshape[feature_axis] = -1
-            gamma = None if gamma is None else tf.reshape(gamma, bshape)
-            beta = None if beta is None else tf.reshape(beta, bshape)
-        out = tf.nn.batch_normalization(grouped, mean, variance, beta, gamma, self.epsilon)
+        def per_sample_sum(t):  # [B, ...] -> [B, C]
+            return ops.sum(t, axis=other) if other else t
 
-        self._update_moving(tf.squeeze(mean, axes), tf.squeeze(variance, axes), groups, sync)
-        out = tf.reshape(out, shape)
-        return tf.cast(out, self.compute_dtype)
+        if weights is None:
+            count = per_sample_sum(ops.ones_like(x))
+        else:
+            count = per_sample_sum(ops.cast(weights, compute_dtype))
+        denominator = self._group_sum(count, ids, groups)
+        if weights is not None:
+            denominator = denominator + keras.backend.epsilon()
+        group_mean = self._group_sum(per_sample_sum(masked), ids, groups) / denominator
+        channels = x.shape[feature]
+        bshape = [-1] + [channels if a == feature else 1 for a in range(1, ndim)]
+        mean = ops.reshape(ops.take(group_mean, ids, axis=0), bshape)
+        diff = x - mean
+        if weights is not None:
+            diff = ops.where(weights, diff, ops.zeros_like(diff))
+        group_var = self._group_sum(per_sample_sum(ops.square(diff)), ids, groups) / denominator
+        variance = ops.reshape(ops.take(group_var, ids, axis=0), bshape)
 
-    def _update_moving(self, group_means, group_vars, groups, sync=False):
+        inv = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            inv = inv * ops.reshape(ops.cast(self.gamma, compute_dtype), bshape[1:])
+        out = x * inv - mean * inv
+        if self.center:
+            out = out + ops.reshape(ops.cast(self.beta, compute_dtype), bshape[1:])
+
+        self._update_moving(group_mean, group_var, ctx)
+        return ops.cast(out, self.compute_dtype)
+
+    def _update_moving(self, group_means, group_vars, ctx=None):
         """Composer's rule in closed form (module docstring); stats are [groups, features].
 
-        With `sync` the increment sum_g w_g stat_g is averaged over the replicas first."""
-        n = tf.cast(groups, group_means.dtype)
+        With a replica context `ctx` the increment sum_g w_g stat_g is averaged over the
+        replicas first."""
+        dtype = group_means.dtype
+        count = ops.shape(group_means)[0]
+        n = ops.cast(count, dtype)
         a = (1.0 - self.momentum) / n
         keep = 1.0 - a
         # weight of group g: a * keep^(n-1-g)
-        powers = n - 1.0 - tf.range(n, dtype=group_means.dtype)
-        weights = (a * tf.pow(keep, powers))[:, None]
-        old_weight = tf.pow(keep, n)
-        increments = [tf.reduce_sum(weights * stats, axis=0) for stats in (group_means,
-                                                                          group_vars)]
-        if sync:
-            increments = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.MEAN, increments)
+        powers = n - 1.0 - ops.cast(ops.arange(count), dtype)
+        weights = ops.expand_dims(a * ops.power(keep, powers), -1)
+        old_weight = ops.power(keep, n)
+        increments = [ops.sum(weights * stats, axis=0) for stats in (group_means, group_vars)]
+        if ctx is not None:
+            import tensorflow as tf
+
+            increments = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, increments)
         for var, increment in zip((self.moving_mean, self.moving_variance), increments):
-            old = tf.cast(var, increment.dtype)
-            var.assign(tf.cast(old_weight * old + increment, var.dtype))
+            old = ops.cast(var, increment.dtype)
+            var.assign(ops.cast(old_weight * old + increment, var.dtype))

@@ -46,18 +46,30 @@ evaluations narrow the bracket to the exact integer maximiser (~0.3 ms in a grap
 4096 or 65536, vs ~4 ms for a full scan of 65536). Both are tested against a brute-force scan
 (same u to 1e-12).
 
-`expected_next_state` / `optimal_batch_size` work on NumPy values and validate their inputs;
-`tf_expected_decrease` / `tf_optimal_batch_size` are the same formulas in float64 TensorFlow ops
-for use inside `tf.function` (no validation there: callers pass already-checked state).
+`expected_next_state` / `optimal_batch_size` work on NumPy values and validate their inputs, on
+any Keras backend (importing this module imports no TensorFlow); `tf_expected_decrease` /
+`tf_optimal_batch_size` are the same formulas in float64 TensorFlow ops for BAMomentum's
+`tf.function` step (no validation there: callers pass already-checked state); they import
+TensorFlow on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
-import tensorflow as tf
 from scipy import special
+
+
+class _LazyTensorFlow:
+    """`tf` for the TF versions below, imported on first use (the module stays TF-free)."""
+
+    def __getattr__(self, name):
+        return getattr(importlib.import_module("tensorflow"), name)
+
+
+tf = _LazyTensorFlow()
 
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

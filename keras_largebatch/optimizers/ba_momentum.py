@@ -49,7 +49,8 @@ variable updates go through `merge_call`, which TensorFlow forbids inside `tf.co
 All state lives in optimizer variables: a `tf.train.Checkpoint` of the optimizer resumes the
 same trajectory, including a half-grown batch (checkpoint the model's dropout seed states,
 `model.non_trainable_variables`, apart for a bit-identical resume). Sample weights and mixed
-precision loss scaling are not supported.
+precision loss scaling are not supported. TensorFlow backend only: on JAX or PyTorch the
+constructor raises an error naming the supported backend.
 
 Reference: seed 002, batch-adaptive momentum (Algorithm 1, Eqs. 4-11 and 15).
 """
@@ -69,6 +70,23 @@ from keras_largebatch.optimizers.ba_covariance import (
 )
 from keras_largebatch.optimizers.ba_math import tf_optimal_batch_size
 from keras_largebatch.validate import is_int, is_real
+
+
+def require_tensorflow_backend(what: str) -> None:
+    """Raise a clear error when Keras runs another backend than TensorFlow.
+
+    BA-Momentum's chunk protocol (all-reduces through `tf.distribute`, masked updates inside
+    `merge_call`) and its covariance estimators are TensorFlow code; LARS, the schedules and
+    GhostBatchNormalization run on every backend.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{what} supports the TensorFlow backend only (supported backends: tensorflow); "
+            f"this process runs KERAS_BACKEND={backend}. LARS, the schedules and "
+            "GhostBatchNormalization run on tensorflow, jax and torch."
+        )
+
 
 _UNSUPPORTED_BASE_ARGS = ("gradient_accumulation_steps", "use_ema", "loss_scale_factor",
                           "weight_decay")
@@ -117,6 +135,7 @@ class BAMomentum(keras.optimizers.Optimizer):
         name: str | None = None,
         **kwargs,
     ):
+        require_tensorflow_backend("BAMomentum")
         for arg in _UNSUPPORTED_BASE_ARGS:
             if kwargs.get(arg):
                 raise ValueError(

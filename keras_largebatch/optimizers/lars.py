@@ -11,10 +11,17 @@ Weight decay is coupled (it enters the ratio and the update), so the base class'
 decoupled weight decay (`Optimizer(weight_decay=...)`) is switched off: the coefficient
 lives in `LARS.coupled_weight_decay` and `get_config()["weight_decay"]`.
 
-Excluded variables (every variable of rank <= 1 when `exclude_rank_1=True`, the
-default: biases and batch-norm gamma/beta, as in MLPerf and timm; plus those named
-through `exclude_from_layer_adaptation`) get momentum SGD without trust ratio or weight
-decay: `v <- m * v + gamma * g`.
+By default every variable is adapted, biases and batch-norm gamma/beta included, as the
+paper states (seed 004 adapts every layer; the authors' nvcaffe code applies the local LR to
+every blob; optax's `lars` adapts every parameter by default). Excluded variables (every
+variable of rank <= 1 with `exclude_rank_1=True`, the MLPerf / timm convention that
+gin/experiments/lars_imagenet_resnet50.gin binds; plus those named through
+`exclude_from_layer_adaptation`) get momentum SGD without trust ratio or weight decay:
+`v <- m * v + gamma * g`.
+
+Backends: only `keras.ops`, so it runs on TensorFlow, JAX and PyTorch. Sparse gradients
+(TF `IndexedSlices`, JAX `BCOO`) are densified first: the trust ratio needs the norm of the
+whole gradient, and the momentum update touches every row anyway.
 
 The most recent local LR of every variable is kept in a scalar optimizer variable (1.0
 for excluded ones) and returned by `LARS.trust_ratios()` for TensorBoard.
@@ -62,8 +69,9 @@ class LARS(keras.optimizers.Optimizer):
             per step and unit of global LR.
         epsilon: >= 0, added to the trust-ratio denominator.
         nesterov: use Nesterov momentum.
-        exclude_rank_1: exclude every variable of rank <= 1 (biases, BN gamma/beta)
-            from trust ratio and weight decay. `False`: adapt all, as in the paper.
+        exclude_rank_1: `False` (default): adapt every variable, as in the paper.
+            `True`: exclude every variable of rank <= 1 (biases, BN gamma/beta) from trust
+            ratio and weight decay, as MLPerf and timm do.
         trust_ratio_form: `"paper"`: eta*||w|| / (||g|| + beta*||w|| + eps) (Eq. 6);
             `"decay_in_gradient_norm"`: eta*||w|| / (||g + beta*w|| + eps), the TF
             Model Garden form, for porting its configs.
@@ -79,7 +87,7 @@ class LARS(keras.optimizers.Optimizer):
         trust_coefficient=0.001,
         epsilon=0.0,
         nesterov=False,
-        exclude_rank_1=True,
+        exclude_rank_1=False,
         trust_ratio_form="paper",
         name=None,
         **kwargs,
@@ -195,7 +203,7 @@ class LARS(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
-        g = ops.cast(ops.convert_to_tensor(gradient), dtype)
+        g = ops.cast(ops.convert_to_tensor(gradient, sparse=False), dtype)
 
         if self._adapted[index]:
             wd = self.coupled_weight_decay if self._decayed[index] else 0.0

@@ -48,7 +48,8 @@ import dataclasses
 import math
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
 from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
@@ -87,13 +88,13 @@ class BatchSchedule:
         """Factor on the learning rate (applied to the mean gradient) at `epoch`."""
         return self._lr_multiplier(validate.epochs("epoch", epoch))
 
-    def batch_size_at(self, epoch) -> tf.Tensor:
-        """In-graph `batch_size`: float64 tensor for a (float64) epoch tensor."""
-        return self._batch_size_at(tf.cast(epoch, tf.float64))
+    def batch_size_at(self, epoch):
+        """In-graph `batch_size`: a float tensor of the epoch tensor's dtype (keras.ops)."""
+        return self._batch_size_at(_float_epoch(epoch))
 
-    def lr_multiplier_at(self, epoch) -> tf.Tensor:
-        """In-graph `lr_multiplier`: float64 tensor for a (float64) epoch tensor."""
-        return self._lr_multiplier_at(tf.cast(epoch, tf.float64))
+    def lr_multiplier_at(self, epoch):
+        """In-graph `lr_multiplier`: a float tensor of the epoch tensor's dtype (keras.ops)."""
+        return self._lr_multiplier_at(_float_epoch(epoch))
 
     def phases(self, total_epochs: int) -> list[Phase]:
         """Maximal runs of whole epochs in [0, total_epochs) with one (batch, LR multiplier).
@@ -138,11 +139,25 @@ class BatchSchedule:
     def _lr_multiplier(self, epoch: float) -> float:
         raise NotImplementedError
 
-    def _batch_size_at(self, epoch: tf.Tensor) -> tf.Tensor:
+    def _batch_size_at(self, epoch):
         raise NotImplementedError
 
-    def _lr_multiplier_at(self, epoch: tf.Tensor) -> tf.Tensor:
+    def _lr_multiplier_at(self, epoch):
         raise NotImplementedError
+
+
+def _float_epoch(epoch):
+    """A float tensor for the epoch (kept float64 / float32; anything else -> float64)."""
+    epoch = ops.convert_to_tensor(epoch)
+    if keras.backend.standardize_dtype(epoch.dtype) in ("float32", "float64"):
+        return epoch
+    from keras_largebatch.schedules.progress import clock_dtypes
+
+    return ops.cast(epoch, clock_dtypes()[0])
+
+
+def _const(value, like):
+    return ops.convert_to_tensor(value, like.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,10 +182,10 @@ class FixedBatch(BatchSchedule):
         return 1.0
 
     def _batch_size_at(self, epoch):
-        return tf.constant(float(self._size), tf.float64)
+        return _const(float(self._size), epoch)
 
     def _lr_multiplier_at(self, epoch):
-        return tf.constant(1.0, tf.float64)
+        return _const(1.0, epoch)
 
 
 @keras.saving.register_keras_serializable(package="keras_largebatch")
@@ -218,9 +233,9 @@ class PiecewiseBatch(BatchSchedule):
 
     def _piece_at(self, epoch):
         if not self._bounds:
-            return tf.constant(0, tf.int32)
-        bounds = tf.constant(self._bounds, tf.float64)
-        return tf.reduce_sum(tf.cast(epoch >= bounds, tf.int32))
+            return ops.convert_to_tensor(0, "int32")
+        bounds = _const(np.asarray(self._bounds, np.float64), epoch)
+        return ops.sum(ops.cast(ops.greater_equal(epoch, bounds), "int32"))
 
     def _batch_size(self, epoch):
         return self._sizes[self._piece(epoch)]
@@ -229,13 +244,13 @@ class PiecewiseBatch(BatchSchedule):
         return 1.0 if self._mults is None else self._mults[self._piece(epoch)]
 
     def _batch_size_at(self, epoch):
-        sizes = tf.constant([float(s) for s in self._sizes], tf.float64)
-        return tf.gather(sizes, self._piece_at(epoch))
+        sizes = _const(np.asarray(self._sizes, np.float64), epoch)
+        return ops.take(sizes, self._piece_at(epoch))
 
     def _lr_multiplier_at(self, epoch):
         if self._mults is None:
-            return tf.constant(1.0, tf.float64)
-        return tf.gather(tf.constant(self._mults, tf.float64), self._piece_at(epoch))
+            return _const(1.0, epoch)
+        return ops.take(_const(np.asarray(self._mults), epoch), self._piece_at(epoch))
 
 
 @keras.saving.register_keras_serializable(package="keras_largebatch")
@@ -325,23 +340,23 @@ class AdaBatch(BatchSchedule):
         return self._decay**kc * (capped / uncapped) * self.effective_decay ** (k - kc)
 
     def _stages_at(self, epoch):
-        k = tf.floor(epoch / float(self._interval))
-        kc = k if self._cap_stage is None else tf.minimum(k, float(self._cap_stage))
+        k = ops.floor(epoch / float(self._interval))
+        kc = k if self._cap_stage is None else ops.minimum(k, float(self._cap_stage))
         return k, kc
 
     def _batch_size_at(self, epoch):
         _, kc = self._stages_at(epoch)
-        batch = float(self._b0) * tf.pow(tf.constant(float(self._growth), tf.float64), kc)
-        return batch if self._max is None else tf.minimum(batch, float(self._max))
+        batch = float(self._b0) * ops.power(_const(float(self._growth), epoch), kc)
+        return batch if self._max is None else ops.minimum(batch, float(self._max))
 
     def _lr_multiplier_at(self, epoch):
         k, kc = self._stages_at(epoch)
-        growth = tf.constant(float(self._growth), tf.float64)
-        uncapped = float(self._b0) * tf.pow(growth, kc)
+        growth = _const(float(self._growth), epoch)
+        uncapped = float(self._b0) * ops.power(growth, kc)
         capped = self._batch_size_at(epoch)
-        decay = tf.constant(self._decay, tf.float64)
-        effective = tf.constant(self.effective_decay, tf.float64)
-        return tf.pow(decay, kc) * (capped / uncapped) * tf.pow(effective, k - kc)
+        decay = _const(self._decay, epoch)
+        effective = _const(self.effective_decay, epoch)
+        return ops.power(decay, kc) * (capped / uncapped) * ops.power(effective, k - kc)
 
 
 def get(identifier) -> BatchSchedule:

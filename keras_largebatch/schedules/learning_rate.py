@@ -45,11 +45,12 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
 from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.schedules.progress import Progress, default_progress
+from keras_largebatch.schedules.progress import Progress, clock_dtypes, default_progress
 
 _register = keras.saving.register_keras_serializable(package="keras_largebatch")
 
@@ -87,20 +88,22 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return None
 
     def __call__(self, step):
-        del step  # keyed on epochs, not optimizer iterations
-        epoch = tf.convert_to_tensor(self.progress.epoch)
-        return tf.cast(self.value_at(epoch), tf.float32)
+        # Keyed on epochs: `step` (the optimizer's iterations) only locates the update inside
+        # the epoch when ProgressCallback linked the clock to it (progress.py).
+        epoch = self.progress.epoch_at(step)
+        return ops.cast(self.value_at(epoch), "float32")
 
-    def value_at(self, epoch) -> tf.Tensor:
-        """The learning rate at a (float64) epoch tensor; graph-friendly."""
-        return self._value_at(tf.cast(epoch, tf.float64))
+    def value_at(self, epoch):
+        """The learning rate at an epoch tensor (float64; float32 on JAX without x64)."""
+        return self._value_at(ops.cast(epoch, clock_dtypes()[0]))
 
     def value(self, epoch: float) -> float:
         """Eager helper: the learning rate at `epoch` as a Python float."""
         epoch = validate.epochs("epoch", epoch)
-        return float(self.value_at(tf.constant(epoch, tf.float64)))
+        dtype = clock_dtypes()[0]
+        return float(ops.convert_to_numpy(self.value_at(ops.convert_to_tensor(epoch, dtype))))
 
-    def _value_at(self, epoch: tf.Tensor) -> tf.Tensor:
+    def _value_at(self, epoch):
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -152,7 +155,7 @@ class Constant(EpochSchedule):
         return {"value": self._const}
 
     def _value_at(self, epoch):
-        return tf.constant(self._const, tf.float64) + 0.0 * epoch
+        return ops.convert_to_tensor(self._const, epoch.dtype) + 0.0 * epoch
 
 
 @_register
@@ -198,8 +201,9 @@ class PolynomialDecay(EpochSchedule):
         }
 
     def _value_at(self, epoch):
-        t = tf.clip_by_value((epoch - self._start) / (self._total - self._start), 0.0, 1.0)
-        return (self._initial - self._end) * tf.pow(1.0 - t, self._power) + self._end
+        t = ops.clip((epoch - self._start) / (self._total - self._start), 0.0, 1.0)
+        power = ops.convert_to_tensor(self._power, epoch.dtype)
+        return (self._initial - self._end) * ops.power(1.0 - t, power) + self._end
 
 
 @_register
@@ -289,13 +293,13 @@ class StepDecay(EpochSchedule):
 
     def _value_at(self, epoch):
         if self._every is not None:
-            count = tf.floor(epoch / self._every)
+            count = ops.floor(epoch / self._every)
         elif self._bounds:
-            bounds = tf.constant(self._bounds, tf.float64)
-            count = tf.reduce_sum(tf.cast(epoch >= bounds, tf.float64))
+            bounds = ops.convert_to_tensor(np.asarray(self._bounds), epoch.dtype)
+            count = ops.sum(ops.cast(ops.greater_equal(epoch, bounds), epoch.dtype))
         else:
-            count = tf.zeros_like(epoch)
-        return self._initial * tf.pow(tf.constant(self._factor, tf.float64), count)
+            count = ops.zeros_like(epoch)
+        return self._initial * ops.power(ops.convert_to_tensor(self._factor, epoch.dtype), count)
 
 
 # ---- A schedule wrapping another. --------------------------------------------------------------
@@ -391,9 +395,9 @@ class LinearWarmup(EpochSchedule):
         target = self._after.value_at(epoch)
         if self._warmup == 0:
             return target
-        t = tf.minimum(epoch / self._warmup, 1.0)
+        t = ops.minimum(epoch / self._warmup, 1.0)
         if self._start_value is not None:
-            start = tf.constant(self._start_value, tf.float64)
+            start = ops.convert_to_tensor(self._start_value, epoch.dtype)
         else:
             start = self._start_factor * target
         return start + (target - start) * t

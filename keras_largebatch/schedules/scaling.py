@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from keras import ops
 
 from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
@@ -42,14 +42,14 @@ def scale_factor(batch_size: int, reference_batch_size: int, rule: str = "linear
     return 1.0
 
 
-def scale_factor_at(batch_size, reference_batch_size: int, rule: str) -> tf.Tensor:
-    """In-graph `scale_factor` for a float64 batch-size tensor (rule already validated)."""
-    ratio = tf.cast(batch_size, tf.float64) / float(reference_batch_size)
+def scale_factor_at(batch_size, reference_batch_size: int, rule: str):
+    """In-graph `scale_factor` for a float batch-size tensor (rule already validated)."""
+    ratio = batch_size / float(reference_batch_size)
     if rule == "linear":
         return ratio
     if rule == "sqrt":
-        return tf.sqrt(ratio)
-    return tf.ones_like(ratio)
+        return ops.sqrt(ratio)
+    return ops.ones_like(ratio)
 
 
 def scale_learning_rate(

@@ -117,6 +117,20 @@ class StepState(tf.Module):
         self.states = [v for v in vars(step).values() if isinstance(v, tf.Variable)]
 
 
+class _ProgressState(tf.Module):
+    """The Progress' five clock variables under their names, as a checkpoint entry.
+
+    `Progress` holds Keras variables (backend-neutral); on TensorFlow they are trackable, so
+    this module gives them the same checkpoint keys as when Progress was a `tf.Module`
+    (`progress/epoch`, ...). `iteration_origin` (the model.fit link) is not training state.
+    """
+
+    def __init__(self, progress):
+        super().__init__(name="progress")
+        for name in ("epoch", "epoch_index", "step_in_epoch", "steps_per_epoch", "samples_seen"):
+            setattr(self, name, getattr(progress, name))
+
+
 class Checkpointer:
     """Saves and restores every piece of training state listed in the module docstring."""
 
@@ -128,7 +142,8 @@ class Checkpointer:
         self.strategy, self.chief = strategy, chief
         self.overwrite, self.verbose = overwrite, verbose
         self.state = RunState()
-        parts = dict(model=model, optimizer=optimizer, progress=progress, metrics=metrics,
+        parts = dict(model=model, optimizer=optimizer, progress=_ProgressState(progress),
+                     metrics=metrics,
                      rng=ModelRNG(model), run_state=self.state)
         if lr_multiplier is not None:
             parts["lr_multiplier"] = lr_multiplier

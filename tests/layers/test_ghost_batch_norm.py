@@ -23,7 +23,8 @@ def numpy_ghost(x, vbs, gamma, beta, axis=-1, eps=EPS):
     shape = [1] * x.ndim
     shape[feature] = -1
     out, means, variances = [], [], []
-    for chunk in np.split(x.astype("float64"), x.shape[0] // vbs):
+    # Groups of `vbs` consecutive samples; the last one holds the remainder (fewer samples).
+    for chunk in np.split(x.astype("float64"), range(vbs, x.shape[0], vbs)):
         m, v = chunk.mean(reduce), chunk.var(reduce)
         means.append(m)
         variances.append(v)
@@ -151,17 +152,43 @@ def test_dynamic_batch_one_trace_for_all_batch_sizes():
         else:
             np.testing.assert_array_equal(y, bn(x[:batch], training=True).numpy())
             np.testing.assert_array_equal(layer.moving_mean.numpy(), bn.moving_mean.numpy())
+    # Issue 2: a remainder batch (10 = 4 + 4 + 2) trains with a smaller last virtual batch,
+    # in the same trace (before, an InvalidArgumentError).
+    old_mean = layer.moving_mean.numpy().copy()
+    y = train(x[:10]).numpy()
+    expected, means, _ = numpy_ghost(x[:10], 4, layer.gamma.numpy(), layer.beta.numpy())
+    np.testing.assert_allclose(y, expected, atol=2e-5)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), composer_moving(old_mean, means, 0.5),
+                               rtol=1e-5, atol=1e-6)
     assert train.experimental_get_tracing_count() == 1
 
-    with pytest.raises(tf.errors.InvalidArgumentError, match="does not split into virtual"):
-        train(x[:10])
+
+@pytest.mark.parametrize("batch, vbs", [(10, 4), (7, 3), (5, 4)])
+def test_batch_not_a_multiple_has_a_smaller_last_virtual_batch(batch, vbs):
+    # The rule: groups of vbs consecutive samples, the last one of batch mod vbs samples;
+    # moving statistics updated once per group (Composer's rule with n = ceil(batch / vbs)).
+    shape = (batch, 3, 2)
+    x = data(shape, seed=3)
+    layer = built_layer(shape, virtual_batch_size=vbs, momentum=0.8)
+    old_mean, old_var = layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy()
+    y = np.asarray(layer(x, training=True))
+    expected, means, variances = numpy_ghost(x, vbs, layer.gamma.numpy(), layer.beta.numpy())
+    assert len(means) == -(-batch // vbs)
+    np.testing.assert_allclose(y, expected, atol=2e-5)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), composer_moving(old_mean, means, 0.8),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance.numpy(),
+                               composer_moving(old_var, variances, 0.8), rtol=1e-5, atol=1e-6)
 
 
-def test_static_batch_not_a_multiple_is_a_one_line_error():
-    layer = GhostBatchNormalization(virtual_batch_size=4)
-    with pytest.raises(UserInputError) as info:
-        layer(data((10, 3)), training=True)
-    assert "batch of 10" in str(info.value) and "\n" not in str(info.value)
+def test_model_fit_with_a_remainder_batch():
+    # Issue 2: 20 samples in batches of 8 (8, 8, 4) under plain model.fit.
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(1)(GhostBatchNormalization(virtual_batch_size=4)(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    history = model.fit(data((20, 3)), data((20, 1), seed=1), batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_under_mirrored_strategy_each_replica_ghosts_its_own_batch(two_cpu_strategy):
@@ -221,9 +248,45 @@ def test_bad_arguments(kwargs, needle):
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-def test_feature_axis_on_the_batch_axis_and_masks_are_rejected():
+def test_feature_axis_on_the_batch_axis_is_rejected():
     with pytest.raises(UserInputError, match="axis=0"):
         GhostBatchNormalization(virtual_batch_size=4, axis=0)(data((8, 3)), training=True)
-    layer = GhostBatchNormalization(virtual_batch_size=2)
-    with pytest.raises(UserInputError, match="does not support masks"):
-        layer(data((4, 3, 2)), training=True, mask=tf.ones([4, 3], tf.bool))
+
+
+def numpy_masked_ghost(x, mask, vbs, gamma, beta, eps=EPS):
+    """Keras' masked moments (weights = mask, + keras epsilon) per group of vbs samples."""
+    out, means, variances = [], [], []
+    for start in range(0, x.shape[0], vbs):
+        chunk = x[start:start + vbs].astype("float64")
+        w = mask[start:start + vbs].astype("float64")[..., None] * np.ones_like(chunk)
+        axes = tuple(range(chunk.ndim - 1))
+        m = (w * chunk).sum(axes) / (w.sum(axes) + keras.backend.epsilon())
+        v = (w * (chunk - m) ** 2).sum(axes) / (w.sum(axes) + keras.backend.epsilon())
+        means.append(m)
+        variances.append(v)
+        out.append((chunk - m) / np.sqrt(v + eps) * gamma + beta)
+    return np.concatenate(out), means, variances
+
+
+@pytest.mark.parametrize("batch, vbs", [(8, 4), (10, 4), (3, 4)])
+def test_masks_are_honoured_like_keras_batchnorm(batch, vbs):
+    # Issue 2: masked positions are excluded from the moments of their virtual batch.
+    shape = (batch, 5, 2)
+    x = data(shape, seed=5)
+    mask = np.random.RandomState(2).rand(batch, 5) > 0.4
+    mask[:, 0] = True
+    layer = built_layer(shape, virtual_batch_size=vbs, momentum=0.9)
+    old_mean = layer.moving_mean.numpy().copy()
+    y = np.asarray(layer(x, training=True, mask=mask))
+    expected, means, _ = numpy_masked_ghost(x, mask, vbs, layer.gamma.numpy(),
+                                            layer.beta.numpy())
+    np.testing.assert_allclose(y, expected, atol=3e-5)
+    if batch <= vbs:  # one group: exactly Keras' BatchNormalization with the same mask
+        bn = keras.layers.BatchNormalization(momentum=0.9)
+        bn.build(shape)
+        bn.set_weights([layer.gamma.numpy(), layer.beta.numpy(), old_mean,
+                        np.ones(2, "float32")])
+        np.testing.assert_allclose(y, np.asarray(bn(x, training=True, mask=mask)), atol=1e-6)
+    else:
+        np.testing.assert_allclose(layer.moving_mean.numpy(),
+                                   composer_moving(old_mean, means, 0.9), rtol=1e-5, atol=1e-6)

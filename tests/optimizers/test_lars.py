@@ -197,7 +197,8 @@ def test_rank_1_bias_is_excluded_by_hand():
     # Bias b = [1, 2], g = [0.5, -0.5], lr 0.5, m 0.9, beta 0.01 (not applied):
     #   v1 = 0.5 * g = [0.25, -0.25];            b1 = [0.75, 2.25]
     #   v2 = 0.9 * v1 + 0.5 * g = [0.475, -0.475]; b2 = [0.275, 2.725]
-    opt = LARS(learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1)
+    opt = LARS(learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1,
+               exclude_rank_1=True)
     b = keras.Variable(f32([1.0, 2.0]), name="bias")
     g = f32([0.5, -0.5])
     opt.apply_gradients([(g, b)])
@@ -221,6 +222,21 @@ def test_rank_1_adapted_when_exclude_rank_1_is_false():
     b = keras.Variable(f32([3.0, 4.0]), name="bias")
     opt.apply_gradients([(f32([0.6, 0.8]), b)])
     np.testing.assert_allclose(b.numpy(), [2.85, 3.8], rtol=1e-6)
+
+
+def test_default_adapts_a_bias_as_the_paper_does():
+    # Issue 16: the default follows seed 004 (every layer adapted, biases included).
+    # Bias [3, 4], g = [0.6, 0.8], lr 0.5, eta 0.1, beta 0.01:
+    #   lambda = 0.1 * 5 / (1 + 0.01 * 5) = 0.47619...; v1 = 0.5 * lambda * (g + 0.01 * b)
+    #   b1 = b - v1 = [3 - 0.2381 * 0.63, 4 - 0.2381 * 0.84]
+    opt = LARS(learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.1)
+    assert opt.exclude_rank_1 is False
+    b = keras.Variable(f32([3.0, 4.0]), name="bias")
+    opt.apply_gradients([(f32([0.6, 0.8]), b)])
+    lam = 0.1 * 5.0 / (1.0 + 0.01 * 5.0)
+    expected = [3.0 - 0.5 * lam * 0.63, 4.0 - 0.5 * lam * 0.84]
+    np.testing.assert_allclose(b.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(opt.trust_ratios()["bias"].numpy(), lam, rtol=1e-6)
 
 
 @pytest.mark.parametrize("how", ["var_names", "var_list"])
@@ -282,13 +298,16 @@ def test_zero_momentum_is_plain_lars_sgd():
 # ----------------------------------------------------------------------------------
 
 GOLDEN_CASES = {
-    "paper": dict(momentum=0.9, weight_decay=0.1),
+    "paper": dict(momentum=0.9, weight_decay=0.1, exclude_rank_1=True),
     "decay_in_gradient_norm": dict(
-        momentum=0.9, weight_decay=0.1, trust_ratio_form="decay_in_gradient_norm"
+        momentum=0.9, weight_decay=0.1, trust_ratio_form="decay_in_gradient_norm",
+        exclude_rank_1=True,
     ),
-    "nesterov": dict(momentum=0.9, weight_decay=0.1, nesterov=True),
-    "no_momentum_no_decay_eps": dict(momentum=0.0, weight_decay=0.0, epsilon=1e-2),
+    "nesterov": dict(momentum=0.9, weight_decay=0.1, nesterov=True, exclude_rank_1=True),
+    "no_momentum_no_decay_eps": dict(momentum=0.0, weight_decay=0.0, epsilon=1e-2,
+                                     exclude_rank_1=True),
     "all_adapted": dict(momentum=0.8, weight_decay=0.05, exclude_rank_1=False),
+    "default_adapts_all": dict(momentum=0.8, weight_decay=0.05),
 }
 
 
@@ -312,7 +331,7 @@ def test_five_steps_match_numpy_reference(case):
     for step_grads in grads:
         opt.apply_gradients(zip([f32(g) for g in step_grads], variables, strict=True))
 
-    adapted = [True, not kwargs.get("exclude_rank_1", True), False, True]
+    adapted = [True, not kwargs.get("exclude_rank_1", False), False, True]
     expected_w, expected_v = reference_lars(
         init,
         grads,
@@ -336,7 +355,7 @@ def test_five_steps_match_numpy_reference(case):
 def test_learning_rate_schedule_matches_reference():
     # ExponentialDecay(0.5, decay_steps=1, decay_rate=0.5): lr_t = 0.5 * 0.5**t.
     schedule = keras.optimizers.schedules.ExponentialDecay(0.5, 1, 0.5)
-    opt = LARS(learning_rate=schedule, momentum=0.9, weight_decay=0.01)
+    opt = LARS(learning_rate=schedule, momentum=0.9, weight_decay=0.01, exclude_rank_1=True)
     rng = np.random.default_rng(1)
     init = [rng.normal(size=(4, 3)), rng.normal(size=(3,))]
     grads = [[rng.normal(size=x.shape) for x in init] for _ in range(3)]
@@ -458,8 +477,9 @@ def _train_small(optimizer, *, jit_compile=False, steps=4, batch_size=32):
     return model
 
 
-def _lars():
-    return LARS(learning_rate=1.0, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.01)
+def _lars(**kwargs):
+    return LARS(learning_rate=1.0, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.01,
+                **kwargs)
 
 
 def test_loss_scale_optimizer_matches_plain_lars_in_float32():
@@ -545,7 +565,8 @@ def test_trust_ratio_logger_writes_scalars(tmp_path):
     logger = LarsTrustRatioLogger(str(tmp_path), every_n_batches=2)
     x, y = fashion_mnist_test_split()
     model = small_dense_model()
-    model.compile(optimizer=_lars(), loss=loss_fn())
+    # Only adapted variables are logged: exclude the biases (rank 1) explicitly.
+    model.compile(optimizer=_lars(exclude_rank_1=True), loss=loss_fn())
     model.fit(x[:160], y[:160], batch_size=32, shuffle=False, verbose=0, callbacks=[logger])
     events = _read_events(tmp_path)
     assert sorted(events) == [

@@ -27,6 +27,10 @@ model.compile(optimizer=BAMomentum(min_increment=32),
 model.fit(x, y, batch_size=32, epochs=...)   # batch_size == min_increment
 ```
 
+Saving: `model.save("m.keras")` / `keras.saving.load_model` (after `import keras_largebatch`)
+restore the compiled BAMomentum with its whole state, a half-grown batch included, so a model
+saved mid-training continues exactly (`compile_from_config`).
+
 `BAModel` logs `batch_size_per_update` (mean size of the updates applied so far this epoch),
 `updates` (their number), and the latest `m_star`, `mu`, `sigma` and `s`. A model subclass can
 get the same `train_step` by inheriting `BATrainStep` first: `class M(BATrainStep, keras.Model)`.
@@ -39,7 +43,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from keras_largebatch.optimizers.ba_momentum import BAMomentum
+from keras_largebatch.optimizers.ba_momentum import BAMomentum, require_tensorflow_backend
 
 
 def ba_chunk_step(
@@ -123,6 +127,7 @@ class BATrainStep:
     """
 
     def __init__(self, *args, **kwargs):
+        require_tensorflow_backend("BAModel")
         super().__init__(*args, **kwargs)
         self._ba_metric_objects = {
             "batch_size_per_update": keras.metrics.Mean(name="batch_size_per_update"),
@@ -136,6 +141,20 @@ class BATrainStep:
     def compile(self, *args, **kwargs):
         self._ba_ready = False  # re-read optimizer and loss on the next trace
         return super().compile(*args, **kwargs)
+
+    def compile_from_config(self, config):
+        """Recompile from `get_compile_config()` when a `.keras` file is loaded.
+
+        Keras skips this for models with a custom `compile` (ours resets the BA set-up), so
+        without it a loaded BAModel had no optimizer. The optimizer is built on the trainable
+        variables here, before Keras loads its saved variables: iterations, velocities, the
+        momentum means and the partly grown batch (sums, count, m*) come back exactly, so
+        training continues as if never interrupted.
+        """
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.trainable_variables:
+            self.optimizer.build(self.trainable_variables)
 
     def _ba_setup(self):
         if getattr(self, "_ba_ready", False):
