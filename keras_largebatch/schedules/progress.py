@@ -119,8 +119,8 @@ class Progress:
 
     def advance(self, samples):
         """In-graph: one update done on `samples` distinct training samples."""
-        self.step_in_epoch.assign_add(1)
-        self.samples_seen.assign_add(ops.cast(samples, self._int))
+        _add(self.step_in_epoch, 1)
+        _add(self.samples_seen, ops.cast(samples, self._int))
         self._refresh()
 
     def set_fraction(self, epoch_index: int, step_in_epoch: int, steps_per_epoch: int):
@@ -162,6 +162,17 @@ class Progress:
             ops.cast(iteration, fdt) - ops.cast(origin, fdt)
         ) / ops.cast(self.steps_per_epoch, fdt)
         return ops.where(ops.greater_equal(origin, 0), linked, epoch)
+
+
+def _add(variable, delta):
+    """variable += delta; on TensorFlow one atomic AssignAddVariableOp on the underlying
+    tf.Variable (Keras' `assign_add` reads, adds and assigns; inside the framework loop's
+    multi-replica step that extra read made the replica-invariance check of
+    tests/training/test_step.py flaky, never with the atomic op)."""
+    if keras.backend.backend() == "tensorflow":
+        variable.value.assign_add(ops.cast(delta, variable.dtype))
+    else:
+        variable.assign_add(delta)
 
 
 def default_progress() -> Progress:
