@@ -39,6 +39,7 @@ from keras_largebatch.training.checkpoint import Checkpointer
 from keras_largebatch.training.components import Components
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.epoch import EpochRunner
+from keras_largebatch.training.precision import precision_policy
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.signals import SignalCatcher
 from keras_largebatch.training.steps.ba_step import BAChunkStep
@@ -66,6 +67,7 @@ def train(
     lr_scaling: str = "none",
     lr_reference_batch_size: int = 1,
     jit_compile: bool = False,
+    precision: str = "float32",
     eval_batch_size: int = 1000,
     eval_train_set: bool = False,
     log_every_steps: int = 50,
@@ -101,6 +103,8 @@ def train(
     set each epoch (seed 002's training-loss curves). `extra_actions` run after every update
     (training/actions/). Returns the results dict. `dry_run` validates and builds everything
     (data, phases, model, optimizer, schedules), writes nothing and returns a summary.
+    `precision` = "mixed_bfloat16" | "mixed_float16" sets the Keras dtype policy for the run
+    (restored afterwards; float32 logits, loss and optimizer statistics: precision.py).
 
     Checkpoints every `checkpoint_every_steps` updates and every epoch; rerunning resumes
     exactly (bitwise with `deterministic`, see checkpoint.py). A non-finite loss, or one
@@ -121,18 +125,23 @@ def train(
         checkpoint_every_steps=checkpoint_every_steps, deterministic=deterministic,
         on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,
         divergence_lr_factor=divergence_lr_factor, max_restores=max_restores, verbose=verbose,
-        extra_actions=extra_actions)
+        extra_actions=extra_actions, precision=precision)
     return run(config, run_dir=run_dir, overwrite=overwrite, config_text=config_text,
                operative_config=operative_config, strategy=strategy,
                components=components or Components(), signals=signals or SignalCatcher(),
                dry_run=dry_run)
 
 
-def run(config: RunConfig, *, run_dir: str, components: Components, signals: SignalCatcher,
-        overwrite: bool = False, config_text: str = "",
-        operative_config: Callable[[], str] | None = None,
-        strategy: tf.distribute.Strategy | None = None, dry_run: bool = False) -> dict:
-    """Train as `config` says (see `train`); returns the results dict."""
+def run(config: RunConfig, **kwargs) -> dict:
+    """Train as `config` says (see `train`) under its dtype policy; returns the results dict."""
+    with precision_policy(config.optimization.precision):  # the previous policy is restored
+        return _run(config, **kwargs)
+
+
+def _run(config: RunConfig, *, run_dir: str, components: Components, signals: SignalCatcher,
+         overwrite: bool = False, config_text: str = "",
+         operative_config: Callable[[], str] | None = None,
+         strategy: tf.distribute.Strategy | None = None, dry_run: bool = False) -> dict:
     o, ckpt, verbose = config.optimization, config.checkpointing, config.logging.verbose
     # Everything before the first update: any failure is one error line, exit 2 (errors.py)
     with as_user_error("setting up the run"):
