@@ -1,6 +1,7 @@
 # The two commands a newcomer runs (README.md):
 #   make run    install everything, then train the default experiment on real Fashion-MNIST
 #   make test   install everything, then run lint + the test suite (.ci/run calls this)
+#   make bench  every cost benchmark in one sitting (bench/all.py; ARGS="--quick" for a look)
 # Extra flags for the run: make run ARGS="--gin_bindings='train.epochs = 2'"
 
 VENV ?= .venv
@@ -27,6 +28,9 @@ run: install
 
 lint: install
 	$(PY) -m ruff check keras_largebatch tests bench
+
+bench: install
+	$(PY) bench/all.py $(ARGS)
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)

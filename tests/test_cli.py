@@ -78,15 +78,21 @@ def test_console_script_lists_configurables():
 
 
 def test_default_gin_matches_the_train_defaults():
-    """gin/default.gin states the experiment `train`'s own defaults would run."""
+    """gin/default.gin is `train`'s own defaults plus an AdaBatch schedule that starts at
+    train's default batch: the run `train()` would do, with the batch growing in phases."""
     import inspect
 
     from keras_largebatch.training.loop import train
 
     text = (Path(__file__).resolve().parents[1] / "gin" / "default.gin").read_text()
+    text = text.replace('"', "'")
     defaults = inspect.signature(train).parameters
-    for name in ("optimizer", "learning_rate", "batch_size", "epochs"):
+    for name in ("optimizer", "learning_rate", "epochs"):
         value = defaults[name].default
-        assert f"train.{name} = {value!r}".replace('"', "'") in text.replace('"', "'"), name
+        assert f"train.{name} = {value!r}".replace('"', "'") in text, name
+    assert "train.batch_schedule = @AdaBatch()" in text
+    assert f"AdaBatch.initial_batch_size = {defaults['batch_size'].default!r}" in text
+    code = [line.split("#")[0] for line in text.splitlines()]
+    assert not any("train.batch_size" in line for line in code)  # the schedule sets each batch
     assert os.path.exists(Path(__file__).resolve().parents[1] / "gin" / "tests" / "tiny.gin")
     np.testing.assert_equal(defaults["dataset"].default, "fashion_mnist")

@@ -48,6 +48,7 @@ every example's loss; activity regularisers / `add_loss` terms are ignored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -103,6 +104,26 @@ def _regularization(variables):
     grads = tape.gradient(total, variables)
     grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
     return total, grads
+
+
+@contextlib.contextmanager
+def _float32_compute(model):
+    """Inside, every layer of `model` computes in float32 (yields whether any did not before).
+
+    Under a mixed dtype policy the projection's finite difference z(theta + eps f) - z(theta)
+    is taken between two float32 passes: in bfloat16 its round-off (2^-8 relative) would swamp
+    a difference of ~fd_step relative. Layers are switched while tracing only.
+    """
+    layers = [layer for layer in model._flatten_layers(include_self=True)  # noqa: SLF001
+              if layer.dtype_policy.compute_dtype != "float32"]
+    saved = [layer.dtype_policy for layer in layers]
+    for layer in layers:
+        layer.dtype_policy = "float32"
+    try:
+        yield bool(layers)
+    finally:
+        for layer, policy in zip(layers, saved):
+            layer.dtype_policy = policy
 
 
 class CovarianceEstimator:
@@ -195,11 +216,17 @@ class ProjectionCovariance(CovarianceEstimator):
             mapping = [
                 (v, v.value + tf.cast(eps * d, v.dtype)) for v, d in zip(variables, direction)
             ] + list(zip(model.non_trainable_variables, snapshot))
-            with keras.StatelessScope(state_mapping=mapping):
-                y_pert = model(x, training=True)
+            base = list(zip(model.non_trainable_variables, snapshot))
+            with _float32_compute(model) as mixed:
+                with keras.StatelessScope(state_mapping=mapping):
+                    y_pert = model(x, training=True)
+                if mixed:  # differences of 16-bit outputs would be mostly round-off
+                    with keras.StatelessScope(state_mapping=base):
+                        y_base = model(x, training=True)
+            y_ref = y_base if mixed else y_pred
             p = tf.zeros([n], tf.float32)
             for g_z, z0, z1 in zip(
-                tf.nest.flatten(dl_dz), tf.nest.flatten(y_pred), tf.nest.flatten(y_pert)
+                tf.nest.flatten(dl_dz), tf.nest.flatten(y_ref), tf.nest.flatten(y_pert)
             ):
                 if g_z is None:
                     continue

@@ -30,6 +30,7 @@ from keras_largebatch.training.components import Components
 from keras_largebatch.training.inputs import epoch_inputs, release_in_background
 from keras_largebatch.training.metrics import RunningMetrics, masked_example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
+from keras_largebatch.training.precision import float32_outputs, loss_scaled
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.steps.accumulation import plan_micro_batches
 from keras_largebatch.training.steps.ba_step import BAChunkStep
@@ -109,11 +110,15 @@ def build_parts(config: RunConfig, components: Components, strategy: tf.distribu
     `guard` (a DivergenceGuard) wraps the learning rate in its roll-back multiplier."""
     o, data = config.optimization, config.data
     with strategy.scope():
-        net = build_model(o.model, input_shape=source.input_shape,
-                          num_classes=source.num_classes, builders=components.models,
-                          **(o.model_options or {}))
+        net = float32_outputs(build_model(  # logits and loss in float32 under mixed policies
+            o.model, input_shape=source.input_shape, num_classes=source.num_classes,
+            builders=components.models, **(o.model_options or {})))
         opt = create_optimizer(o.optimizer, learning_rate=guard.wrap_learning_rate(learning_rate),
                                optimizers=components.optimizers)
+        if isinstance(opt, BAMomentum) and o.precision == "mixed_float16":
+            raise UserInputError("train.precision = 'mixed_float16' needs loss scaling, which "
+                                 "BA-Momentum does not support; use 'mixed_bfloat16'")
+        opt = loss_scaled(opt, o.precision)  # LossScaleOptimizer for mixed_float16
         opt.build(net.trainable_variables)
         metrics = RunningMetrics()
     augment = data.augment

@@ -39,6 +39,7 @@ from keras_largebatch.training.checkpoint import Checkpointer
 from keras_largebatch.training.components import Components
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.epoch import EpochRunner
+from keras_largebatch.training.precision import precision_policy
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.run_lock import RunDirLock
 from keras_largebatch.training.signals import SignalCatcher
@@ -67,6 +68,7 @@ def train(
     lr_scaling: str = "none",
     lr_reference_batch_size: int = 1,
     jit_compile: bool = False,
+    precision: str = "float32",
     eval_batch_size: int = 1000,
     eval_train_set: bool = False,
     log_every_steps: int = 50,
@@ -102,6 +104,8 @@ def train(
     set each epoch (seed 002's training-loss curves). `extra_actions` run after every update
     (training/actions/). Returns the results dict. `dry_run` validates and builds everything
     (data, phases, model, optimizer, schedules), writes nothing and returns a summary.
+    `precision` = "mixed_bfloat16" | "mixed_float16" sets the Keras dtype policy for the run
+    (restored afterwards; float32 logits, loss and optimizer statistics: precision.py).
 
     Checkpoints every `checkpoint_every_steps` updates and every epoch; rerunning resumes
     exactly (bitwise with `deterministic`, see checkpoint.py). A non-finite loss, or one
@@ -122,7 +126,7 @@ def train(
         checkpoint_every_steps=checkpoint_every_steps, deterministic=deterministic,
         on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,
         divergence_lr_factor=divergence_lr_factor, max_restores=max_restores, verbose=verbose,
-        extra_actions=extra_actions)
+        extra_actions=extra_actions, precision=precision)
     return run(config, run_dir=run_dir, overwrite=overwrite, config_text=config_text,
                operative_config=operative_config, strategy=strategy,
                components=components or Components(), signals=signals or SignalCatcher(),
@@ -133,14 +137,16 @@ def run(config: RunConfig, *, run_dir: str, components: Components, signals: Sig
         overwrite: bool = False, config_text: str = "",
         operative_config: Callable[[], str] | None = None,
         strategy: tf.distribute.Strategy | None = None, dry_run: bool = False) -> dict:
-    """Train as `config` says (see `train`); returns the results dict. The run dir's lock
-    (run_lock.py), taken once every check has passed, is released when this returns."""
+    """Train as `config` says (see `train`) under its dtype policy; returns the results dict.
+    The run dir's lock (run_lock.py), taken once every check has passed, is released and the
+    previous dtype policy restored when this returns."""
     lock = RunDirLock(run_dir)
     try:
-        return _run(config, run_dir=run_dir, components=components, signals=signals,
-                    overwrite=overwrite, config_text=config_text,
-                    operative_config=operative_config, strategy=strategy, dry_run=dry_run,
-                    lock=lock)
+        with precision_policy(config.optimization.precision):
+            return _run(config, run_dir=run_dir, components=components, signals=signals,
+                        overwrite=overwrite, config_text=config_text,
+                        operative_config=operative_config, strategy=strategy,
+                        dry_run=dry_run, lock=lock)
     finally:
         lock.release()
 

@@ -22,6 +22,7 @@ from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.schedules.batch import BatchSchedule
 from keras_largebatch.schedules.scaling import RULES as LR_SCALING_RULES
+from keras_largebatch.training.precision import PRECISIONS
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
@@ -76,6 +77,7 @@ class OptimizationConfig:
     max_per_replica_batch: int | None = None   # above it: gradient accumulation
     adapt_grad_norm_every: int | None = None   # seed-003 authors' gradient-norm adaptation
     jit_compile: bool = False
+    precision: str = "float32"           # Keras dtype policy: "mixed_bfloat16" | "mixed_float16"
 
     def __post_init__(self):
         _positive_int("train.epochs", self.epochs)
@@ -97,6 +99,7 @@ class OptimizationConfig:
         _optional_whole("train.max_per_replica_batch", self.max_per_replica_batch, 1)
         _optional_whole("train.adapt_grad_norm_every", self.adapt_grad_norm_every, 1)
         validate.boolean("train.jit_compile", self.jit_compile)
+        validate.one_of("train.precision", self.precision, PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +163,7 @@ class RunConfig:
                         eval_train_set, log_every_steps, checkpoints_to_keep,
                         checkpoint_every_steps, deterministic, on_divergence, loss_upper_bound,
                         divergence_lr_factor, max_restores, verbose,
-                        extra_actions=()) -> RunConfig:
+                        extra_actions=(), precision="float32") -> RunConfig:
         """Group `train()`'s flat keyword arguments (the gin binding names)."""
         return cls(
             data=DataConfig(dataset=dataset, augment=augment, repeats=repeats,
@@ -171,7 +174,8 @@ class RunConfig:
                 batch_schedule=batch_schedule, epochs=epochs, lr_scaling=lr_scaling,
                 lr_reference_batch_size=lr_reference_batch_size,
                 max_per_replica_batch=max_per_replica_batch,
-                adapt_grad_norm_every=adapt_grad_norm_every, jit_compile=jit_compile),
+                adapt_grad_norm_every=adapt_grad_norm_every, jit_compile=jit_compile,
+                precision=precision),
             checkpointing=CheckpointConfig(
                 every_steps=checkpoint_every_steps, keep=checkpoints_to_keep,
                 on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,
