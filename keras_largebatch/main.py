@@ -7,8 +7,9 @@
 
 Rerunning with the same --run_dir resumes from its latest checkpoint. Bad input ends with one
 line on stderr naming the value and the fix, exit status 2, and no change to the run dir.
-Other exit statuses: 0 completed, 1 crashed, 3 diverged, 128+N stopped by signal N after saving
-a checkpoint (SIGTERM 143, SIGINT 130; rerun to resume) - see training/signals.py.
+Other exit statuses: 0 completed, 1 crashed, 3 diverged, 5 lost contact with another worker
+(multi-worker; restart every worker to resume), 128+N stopped by signal N after saving a
+checkpoint (SIGTERM 143, SIGINT 130; rerun to resume) - see training/signals.py.
 """
 
 from __future__ import annotations
@@ -34,9 +35,15 @@ flags.DEFINE_bool("dry_run", False, "Check the config and build everything; trai
 FLAGS = flags.FLAGS
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 2, hard: bool = False) -> None:
+    """Print one `error:` line and exit; `hard`: os._exit, for a TensorFlow thread that is
+    stuck waiting for other workers and would block a normal exit (training/cluster.py)."""
     print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
-    sys.exit(2)
+    if hard:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def main(argv: list[str]) -> None:
@@ -49,7 +56,8 @@ def main(argv: list[str]) -> None:
 
     from keras_largebatch import config
     from keras_largebatch.errors import UserInputError
-    from keras_largebatch.training.signals import SignalCatcher, exit_status
+    from keras_largebatch.training.cluster import LostWorker
+    from keras_largebatch.training.signals import EXIT_LOST_WORKER, SignalCatcher, exit_status
 
     configured = config.register_configurables()
     if FLAGS.list_configurables:
@@ -75,7 +83,9 @@ def main(argv: list[str]) -> None:
         if FLAGS.dry_run:
             print(result)
     except UserInputError as e:
-        _fail(e.line)
+        _fail(e.line, hard=getattr(e, "exit_hard", False))
+    except LostWorker as e:  # a peer died or hung mid-run (multi-worker)
+        _fail(e.line, EXIT_LOST_WORKER, hard=True)
     except TypeError as e:  # a binding of the wrong type reaching a library function
         _fail(f"bad value in the gin config: {str(e).splitlines()[0]}")
     sys.exit(exit_status(result))  # 0 done, 3 diverged, 128+N interrupted by N
