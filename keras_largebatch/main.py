@@ -10,8 +10,9 @@ text, value, run dir or data file: anything that fails before the first update) 
 line on stderr naming the value and the fix, exit status 2, and no change to the run dir. gin
 `import` statements are refused unless --gin_allow_imports (keras_largebatch/gin_policy.py).
 Other exit statuses: 0 completed, 1 crashed, 3 diverged, 4 disk full (one line naming the path;
-rerun once space is free to resume), 128+N stopped by signal N after saving a checkpoint
-(SIGTERM 143, SIGINT 130; rerun to resume) - see training/signals.py.
+rerun once space is free to resume), 5 lost contact with another worker (multi-worker; restart
+every worker to resume), 128+N stopped by signal N after saving a checkpoint (SIGTERM 143,
+SIGINT 130; rerun to resume) - see training/signals.py.
 """
 
 from __future__ import annotations
@@ -40,10 +41,16 @@ flags.DEFINE_bool("gin_allow_imports", False,
 FLAGS = flags.FLAGS
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr,
-          flush=True)
-    sys.exit(2)
+def _fail(message: str, status: int = 2, hard: bool = False) -> None:
+    """Print one `error:` line and exit; `hard`: os._exit, for a TensorFlow thread that is
+    stuck waiting for other workers and would block a normal exit (training/cluster.py)."""
+    line = message.splitlines()[0] if message else "unknown error"
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    if hard:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def main(argv: list[str]) -> None:
@@ -57,7 +64,13 @@ def main(argv: list[str]) -> None:
     from keras_largebatch import config, gin_policy
     from keras_largebatch.disk_full import DiskFullError, is_disk_full
     from keras_largebatch.errors import UserInputError
-    from keras_largebatch.training.signals import EXIT_DISK_FULL, SignalCatcher, exit_status
+    from keras_largebatch.training.cluster import LostWorker
+    from keras_largebatch.training.signals import (
+        EXIT_DISK_FULL,
+        EXIT_LOST_WORKER,
+        SignalCatcher,
+        exit_status,
+    )
 
     configured = config.register_configurables()
     if FLAGS.list_configurables:
@@ -88,7 +101,9 @@ def main(argv: list[str]) -> None:
         if FLAGS.dry_run:
             print(result)
     except UserInputError as e:
-        _fail(e.line)
+        _fail(e.line, hard=getattr(e, "exit_hard", False))
+    except LostWorker as e:  # a peer died or hung mid-run (multi-worker)
+        _fail(e.line, EXIT_LOST_WORKER, hard=True)
     except TypeError as e:  # a binding of the wrong type reaching a library function
         _fail(f"bad value in the gin config: {str(e).splitlines()[0]}")
     except Exception as e:  # a full disk anywhere in the run: its own line and status

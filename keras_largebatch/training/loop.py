@@ -28,12 +28,13 @@ from keras_largebatch.errors import as_user_error
 from keras_largebatch.optimizers.lars_callback import find_lars
 from keras_largebatch.schedules.progress import default_progress
 from keras_largebatch.studies import results as rs
-from keras_largebatch.training import build
+from keras_largebatch.training import build, cluster
 from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.actions import Stop
 from keras_largebatch.training.actions.checkpoint import PeriodicCheckpoint
 from keras_largebatch.training.actions.divergence import DivergenceCheck
 from keras_largebatch.training.actions.preemption import PreemptionCheckpoint
+from keras_largebatch.training.actions.preemption_sync import PreemptionSync
 from keras_largebatch.training.actions.step_summaries import StepSummaries
 from keras_largebatch.training.checkpoint import Checkpointer
 from keras_largebatch.training.components import Components
@@ -44,7 +45,7 @@ from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.run_lock import RunDirLock
 from keras_largebatch.training.signals import SignalCatcher
 from keras_largebatch.training.steps.ba_step import BAChunkStep
-from keras_largebatch.training.strategy import is_chief
+from keras_largebatch.training.strategy import collective_timeout_s, is_chief, workers
 from keras_largebatch.training.summaries import Summaries
 
 
@@ -167,6 +168,7 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
 
         # ---- Strategy and data ------------------------------------------------------------------
         strategy = strategy or components.make_strategy()
+        signals.reclaim()  # MultiWorkerMirroredStrategy's coordination service takes SIGTERM
         replicas = strategy.num_replicas_in_sync
         source = (config.data.dataset if isinstance(config.data.dataset, DataSource)
                   else get_source(config.data.dataset, sources=components.sources))
@@ -221,7 +223,10 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
             guard, checkpointer, metrics=parts.metrics, progress=progress,
             variables=[*parts.model.variables, *parts.optimizer.variables],
             log_every_steps=config.logging.every_steps, summaries=summaries)
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        sync = PreemptionSync(signals, strategy) if multi_worker else None  # same update everywhere
         actions = [
+            *([sync] if sync else []),
             StepSummaries(summaries, metrics=parts.metrics, progress=progress,
                           current_lr=lambda: build.current_lr(parts.optimizer),
                           batch_size=lambda epoch: phase_of(phases, epoch).batch_size,
@@ -229,7 +234,8 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
             *config.extra_actions,
             divergence,
             PeriodicCheckpoint(checkpointer, divergence, ckpt.every_steps),
-            PreemptionCheckpoint(signals, checkpointer, divergence, epochs=o.epochs),
+            PreemptionCheckpoint(signals, checkpointer, divergence, epochs=o.epochs,
+                                 received=sync.received if sync else None),
         ]
         if guard.mode == "restore" and checkpointer.last_saved is None:
             checkpointer.save(0)  # a checkpoint to roll back to before the first one is due
@@ -241,19 +247,27 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
                          train_data=train_data, lars=find_lars(parts.optimizer))
     wall_start = time.perf_counter()
     stop: Stop | None = None
-    for index, phase in enumerate(phases):
-        if phase.end_epoch <= position.epoch or stop is not None:
-            continue
-        if index and phase.start_epoch >= position.epoch and verbose:
-            print(f"Phase {index}: global batch {phase.batch_size} from epoch "
-                  f"{phase.start_epoch}", flush=True)
-        summaries.text("events", f"phase {index}: batch {phase.batch_size}, lr x"
-                       f"{phase.lr_multiplier} from epoch {phase.start_epoch}",
-                       step=phase.start_epoch)
-        for epoch in range(max(phase.start_epoch, position.epoch), phase.end_epoch):
-            position, stop = runner.run(epoch, phase, position)
-            if stop is not None:
-                break
+    try:
+        for index, phase in enumerate(phases):
+            if phase.end_epoch <= position.epoch or stop is not None:
+                continue
+            if index and phase.start_epoch >= position.epoch and verbose:
+                print(f"Phase {index}: global batch {phase.batch_size} from epoch "
+                      f"{phase.start_epoch}", flush=True)
+            summaries.text("events", f"phase {index}: batch {phase.batch_size}, lr x"
+                           f"{phase.lr_multiplier} from epoch {phase.start_epoch}",
+                           step=phase.start_epoch)
+            for epoch in range(max(phase.start_epoch, position.epoch), phase.end_epoch):
+                position, stop = runner.run(epoch, phase, position)
+                if stop is not None:
+                    break
+    except cluster.COLLECTIVE_ERRORS as e:  # a peer died or hung: every worker must restart
+        if not multi_worker:
+            raise
+        addresses, index = workers()
+        raise cluster.lost_worker(e, workers=addresses, index=index, updates=sync.updates,
+                                  checkpoint=checkpointer.latest(),
+                                  timeout_s=collective_timeout_s(strategy)) from None
 
     # ---- Results ----------------------------------------------------------------------------
     history = checkpointer.history

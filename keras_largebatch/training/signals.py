@@ -21,12 +21,18 @@ Exit status of the command line, which the sweep runner and shell scripts can te
     3           diverged (train.on_divergence = 'stop', or restores exhausted)
     4           disk full (one line "error: no space left on device writing <path>; ..."); the
                 last checkpoint is intact: free space and rerun the same command to resume
+    5           multi-worker: lost contact with another worker (one line "error: lost contact
+                ..."; results.json not written by this attempt); restart every worker with the
+                same command to resume from the last checkpoint (training/cluster.py)
     128 + N     interrupted by signal N after saving a checkpoint: 130 SIGINT, 143 SIGTERM;
                 rerun the same command to resume
 
-Under multi-worker training (TF_CONFIG set) no handler is installed: a signal that reaches one
-worker cannot make the others save at the same step without an extra collective per update, so
-each worker keeps the default action and the job resumes from its last periodic checkpoint.
+Under multi-worker training (TF_CONFIG set) the handler is installed on every worker as well:
+after every update the workers all-reduce their "signal received" flags
+(actions/preemption_sync.py), so a signal reaching any one worker makes every worker save the
+same update and exit with the same status. TensorFlow's coordination service installs its own
+C++ SIGTERM handler (tsl SigtermNotifier) when the MultiWorkerMirroredStrategy is created,
+which would swallow the signal; the loop calls `reclaim()` right after creating it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import threading
 
 EXIT_DIVERGED = 3
 EXIT_DISK_FULL = 4
+EXIT_LOST_WORKER = 5
 SIGNUMS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -47,17 +54,23 @@ class SignalCatcher:
 
     def __init__(self):
         self.received: int | None = None
+        self._handler = None
 
     def request(self, signum: int) -> None:
         """Record a stop request (what the handler does; tests may call it directly)."""
         self.received = signum
 
+    def reclaim(self) -> None:
+        """Install the handler again (C++ code may have replaced it); no-op when not installed."""
+        if self._handler is not None:
+            for s in SIGNUMS:
+                signal.signal(s, self._handler)
+
     @contextlib.contextmanager
     def installed(self, enabled: bool = True):
         """Turn SIGTERM/SIGINT into a request while the block runs (main thread only)."""
         self.received = None
-        if (not enabled or os.environ.get("TF_CONFIG")
-                or threading.current_thread() is not threading.main_thread()):
+        if not enabled or threading.current_thread() is not threading.main_thread():
             yield self
             return
         previous = {s: signal.getsignal(s) for s in SIGNUMS}
@@ -75,10 +88,11 @@ class SignalCatcher:
 
         for s in SIGNUMS:
             signal.signal(s, handler)
+        self._handler = handler
         try:
             yield self
         finally:
-            self.received = None  # honoured by now; a later run in this process starts clean
+            self.received, self._handler = None, None  # a later run in this process starts clean
             for s in SIGNUMS:
                 signal.signal(s, previous[s])
 

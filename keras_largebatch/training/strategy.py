@@ -4,6 +4,14 @@
     make_strategy(num_cpu_replicas=2)    2 logical CPU devices, MirroredStrategy over them
     TF_CONFIG={"cluster": ..., "task": ...} in the environment -> MultiWorkerMirroredStrategy
 
+Under TF_CONFIG the strategy waits for the other workers at most `connect_timeout_s` (default
+300; a line every 10 s names the workers still awaited, then `error: ...`, exit 2: cluster.py),
+and every collective (gradient all-reduce, checkpoint, ...) fails after `collective_timeout_s`
+(default 120) instead of blocking for ever when a peer hangs: the job then ends with exit
+status 5 and is resumed by restarting every worker. The timeout must exceed the longest time
+one worker can spend outside collectives while the others wait (its slowest step, an
+evaluation or a checkpoint write that the others finish sooner); None waits for ever.
+
 Logical CPU devices can only be created before TensorFlow initialises its runtime, so call this
 before anything else touches a device (main does).
 """
@@ -15,7 +23,9 @@ import os
 
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.training import cluster
 
 
 def _tf_config() -> dict | None:
@@ -63,24 +73,48 @@ def _use_logical_cpus(n: int) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("CPU")][:n]
 
 
-def make_strategy(*, num_cpu_replicas: int = 0) -> tf.distribute.Strategy:
+def make_strategy(*, num_cpu_replicas: int = 0, connect_timeout_s: float = 300,
+                  collective_timeout_s: float | None = 120) -> tf.distribute.Strategy:
     """MultiWorkerMirrored if TF_CONFIG is set, else Mirrored over GPUs or CPU devices.
 
     `num_cpu_replicas` > 0 forces that many logical CPU replicas (testing multi-replica code on
-    a CPU machine; per worker under TF_CONFIG).
+    a CPU machine; per worker under TF_CONFIG). `connect_timeout_s` and `collective_timeout_s`
+    apply under TF_CONFIG only (see the module docstring).
     """
     if num_cpu_replicas < 0:
         raise UserInputError(f"num_cpu_replicas must be >= 0; got {num_cpu_replicas}")
-    if _tf_config() is not None:
+    connect_timeout_s = validate.positive("make_strategy.connect_timeout_s", connect_timeout_s)
+    if collective_timeout_s is not None:
+        collective_timeout_s = validate.positive(
+            "make_strategy.collective_timeout_s", collective_timeout_s,
+            fix="give seconds > 0, or None to wait for ever")
+    cfg = _tf_config()
+    if cfg is not None:
         if num_cpu_replicas:
             _use_logical_cpus(num_cpu_replicas)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=collective_timeout_s)
+        return cluster.start(
+            lambda: tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
+            cfg["cluster"]["worker"], int(cfg["task"]["index"]), timeout_s=connect_timeout_s)
     if num_cpu_replicas:
         return tf.distribute.MirroredStrategy(_use_logical_cpus(num_cpu_replicas))
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy([d.name for d in gpus])
     return tf.distribute.MirroredStrategy([tf.config.list_logical_devices("CPU")[0].name])
+
+
+def workers() -> tuple[list[str], int]:
+    """TF_CONFIG's worker addresses and this worker's index (([], 0) without TF_CONFIG)."""
+    cfg = _tf_config()
+    return ([], 0) if cfg is None else (list(cfg["cluster"]["worker"]), int(cfg["task"]["index"]))
+
+
+def collective_timeout_s(strategy: tf.distribute.Strategy) -> float | None:
+    """The collective timeout `strategy` was made with (None: none)."""
+    options = getattr(strategy.extended, "_communication_options", None)
+    return getattr(options, "timeout_seconds", None)
 
 
 def is_chief() -> bool:

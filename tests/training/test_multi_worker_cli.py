@@ -3,9 +3,12 @@
 
 1. Both workers end with the same weights, and the losses match a single-process 2-replica
    MirroredStrategy run to 1e-4.
-2. One worker is SIGKILLed mid-run (the other is then stuck in a collective and is killed too);
-   both are restarted with the same command and resume from the last checkpoint, ending with
-   the weights of the uninterrupted multi-worker run.
+2. One worker is SIGKILLed mid-run; the other ends by itself with one `error: lost contact
+   ...` line and exit status 5; both are restarted with the same command and resume from the
+   last checkpoint, ending with the weights of the uninterrupted multi-worker run.
+3. SIGTERM to one worker: both save the same update and exit 143; rerun, both end bitwise
+   equal to the uninterrupted run.
+4. A worker whose peer never starts prints progress lines, then one `error:` line, exit 2.
 
 Ports come from binding to port 0 on 127.0.0.1; every process is waited for with a timeout and
 killed in `finally`.
@@ -15,13 +18,14 @@ import json
 import os
 import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ..cli import REPO, TINY, cli_command, run_cli
+from ..cli import REPO, TINY, cli_command, error_lines, run_cli
 
 B = "--gin_bindings="
 # 12000 examples: global batch 64 for 187 updates, then 128 for 93 (AdaBatch), 280 in all.
@@ -31,6 +35,7 @@ CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 12000",
           B + "AdaBatch.interval_epochs = 1", B + "train.checkpoint_every_steps = 50",
           B + "train.deterministic = True"]
 TIMEOUT = 300  # seconds per process
+SIGTERM_AT = 150  # worker 1 gets SIGTERM after this update; both save the next one (151)
 RUN_DIR_FILES = {"checkpoints", "config.gin", "history.json", "model.keras", "results.json",
                  "tensorboard", ".keras_largebatch_run"}  # the last: the run marker (run_dir.py)
 
@@ -55,11 +60,13 @@ def tf_config(ports: list[int], index: int) -> str:
 
 
 def run_workers(run_dir: Path, ports: list[int], logs: Path, *, kill_worker_at: int = 0,
+                last_worker_faults: tuple = (), config: tuple = tuple(CONFIG),
                 ) -> list[tuple[int, str]]:
     """Start one CLI process per port; return [(exit status, output)] per worker.
 
-    With `kill_worker_at`, the last worker SIGKILLs itself after that update; the others then
-    wait in a collective for ever and are killed once it is gone.
+    With `kill_worker_at`, the last worker SIGKILLs itself after that update; the others must
+    then end by themselves (lost contact, exit 5) within TIMEOUT. `last_worker_faults`: other
+    tests/faults.py specs for the last worker.
     """
     procs, outputs = [], []
     try:
@@ -68,15 +75,13 @@ def run_workers(run_dir: Path, ports: list[int], logs: Path, *, kill_worker_at: 
                    "TF_CONFIG": tf_config(ports, index)}
             faults = ([f"kill_at_step={kill_worker_at}"]
                       if kill_worker_at and index == len(ports) - 1 else [])
+            if index == len(ports) - 1:
+                faults += list(last_worker_faults)
             log = open(logs / f"worker{index}.log", "w")  # closed in finally
             outputs.append(log)
             procs.append(subprocess.Popen(
-                [*cli_command(faults), *CONFIG, f"--run_dir={run_dir}"],
+                [*cli_command(faults), *config, f"--run_dir={run_dir}"],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
-        if kill_worker_at:
-            procs[-1].wait(timeout=TIMEOUT)
-            for p in procs[:-1]:
-                p.kill()
         for p in procs:
             p.wait(timeout=TIMEOUT)
     finally:
@@ -98,7 +103,7 @@ def _digest(output: str) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multi_worker")
-    for name in ("plain", "killed", "resumed"):
+    for name in ("plain", "killed", "resumed", "sigterm", "sigterm_resumed"):
         (tmp / name).mkdir()
 
     def killed_then_resumed():
@@ -106,17 +111,24 @@ def runs(tmp_path_factory):
         killed = run_workers(tmp / "run_killed", ports, tmp / "killed", kill_worker_at=120)
         return killed, run_workers(tmp / "run_killed", ports, tmp / "resumed")
 
+    def sigterm_then_resumed():
+        ports = free_ports(2)
+        stopped = run_workers(tmp / "run_sigterm", ports, tmp / "sigterm",
+                              last_worker_faults=(f"signal_at_step={SIGTERM_AT}:SIGTERM",))
+        return stopped, run_workers(tmp / "run_sigterm", ports, tmp / "sigterm_resumed")
+
     with ThreadPoolExecutor(max_workers=3) as pool:
         plain = pool.submit(run_workers, tmp / "run", free_ports(2), tmp / "plain")
         reference = pool.submit(run_cli, *CONFIG, B + "make_strategy.num_cpu_replicas = 2",
                                 f"--run_dir={tmp / 'ref'}", timeout=TIMEOUT)
         chain = pool.submit(killed_then_resumed)
-        return tmp, plain.result(), reference.result(), chain.result()
+        sigterm = pool.submit(sigterm_then_resumed)
+        return tmp, plain.result(), reference.result(), chain.result(), sigterm.result()
 
 
 @pytest.mark.slow
 def test_two_workers_agree_and_match_two_replicas(runs):
-    tmp, workers, reference, _ = runs
+    tmp, workers, reference, *_ = runs
     for code, output in workers:
         assert code == 0, output[-3000:]
         assert "Epoch 2/2 (global batch 128, 93 steps)" in output
@@ -135,11 +147,55 @@ def test_two_workers_agree_and_match_two_replicas(runs):
 
 @pytest.mark.slow
 def test_killed_worker_job_resumes_from_the_last_checkpoint(runs):
-    tmp, workers, _, (killed, resumed) = runs
+    tmp, workers, _, (killed, resumed), _ = runs
     assert killed[1][0] == -9, killed[1][1][-2000:]  # the worker that was killed
+    # The survivor ended by itself (run_workers waits, it kills nobody): one line, exit 5.
+    code, output = killed[0]
+    lost = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 5 and len(lost) == 1, output[-3000:]
+    assert lost[0].startswith("error: lost contact with worker 127.0.0.1:"), lost
+    assert "(index 1) during training after update 120" in lost[0], lost
+    assert "the last checkpoint is " in lost[0] and "ckpt-100;" in lost[0], lost
+    assert "restart every worker with the same command to resume" in lost[0], lost
     for code, output in resumed:
         assert code == 0, output[-3000:]
         assert "at epoch 1, step 100, from" in output  # ckpt-100: the last before update 120
     digests = {_digest(output) for _, output in resumed}
     assert digests == {_digest(workers[0][1])}  # = the uninterrupted multi-worker run
     assert {p.name for p in (tmp / "run_killed").iterdir()} == RUN_DIR_FILES
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_the_same_update(runs):
+    tmp, workers, _, _, (stopped, resumed) = runs
+    for index, (code, output) in enumerate(stopped):
+        assert code == 143, output[-3000:]
+        peer = "" if index == 1 else " (received by another worker)"
+        assert (f"interrupted by SIGTERM{peer} at epoch 1, step {SIGTERM_AT + 1}; saved "
+                f"{tmp / 'run_sigterm' / 'checkpoints' / f'ckpt-{SIGTERM_AT + 1}'}") in output
+    for code, output in resumed:
+        assert code == 0, output[-3000:]
+        assert f"at epoch 1, step {SIGTERM_AT + 1}, from" in output
+    digests = {_digest(output) for _, output in resumed}
+    assert digests == {_digest(workers[0][1])}  # bitwise = the uninterrupted run
+    results = json.loads((tmp / "run_sigterm" / "results.json").read_text())
+    assert results["weights_sha256"] == _digest(workers[0][1])
+
+
+@pytest.mark.slow
+def test_worker_whose_peer_never_starts_gives_up_with_one_line(tmp_path):
+    ports = free_ports(2)
+    env = {"TF_CONFIG": tf_config(ports, 0)}
+    began = time.monotonic()
+    proc = run_cli(*TINY, B + "make_strategy.connect_timeout_s = 15",
+                   f"--run_dir={tmp_path / 'run'}", env=env, timeout=120)
+    took = time.monotonic() - began
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    awaited = f"127.0.0.1:{ports[1]} (index 1)"
+    assert f"waiting for workers {awaited} (10 s of 15)" in proc.stderr
+    assert error_lines(proc) == [
+        f"error: workers {awaited} did not come up within make_strategy.connect_timeout_s=15 s; "
+        f"start the same command on every worker with its own TF_CONFIG task index, check the "
+        f"addresses and firewall, or raise make_strategy.connect_timeout_s"]
+    assert took < 90, took  # start-up (imports) plus the 15 s
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -10,6 +10,7 @@ The loop owns the counters; an action never changes them. It only answers with a
 position the checkpoint holds, exactly as a resumed run would). Actions, in the order the loop
 runs them:
 
+    preemption_sync.PreemptionSync    multi-worker only: all workers agree on a SIGTERM/SIGINT
     step_summaries.StepSummaries      step/* TensorBoard scalars every `log_every_steps` updates
     <train.extra_actions>             user actions (tests install fault injection here)
     divergence.DivergenceCheck        a non-finite or too-large loss: stop, or roll back

@@ -4,12 +4,18 @@ The signal handler (training/signals.py) only records the signal; this action, r
 update, checks the run is sound (divergence check), saves a checkpoint at this update and stops
 the run with status "interrupted" (exit status 128 + N). On an epoch's last update it waits for
 the epoch end, so the epoch's evaluation and record are in the checkpoint.
+
+Multi-worker: `received` is the signal all workers agreed on after this update
+(actions/preemption_sync.py) instead of this process's own, so every worker saves the same
+update and stops with the same status.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from collections.abc import Callable
 
 from keras_largebatch.training.actions import Action, Outcome, StepOutput, Stop
 from keras_largebatch.training.actions.divergence import DivergenceCheck
@@ -19,12 +25,14 @@ from keras_largebatch.training.signals import SignalCatcher
 
 class PreemptionCheckpoint(Action):
     def __init__(self, catcher: SignalCatcher, checkpointer: Checkpointer,
-                 divergence: DivergenceCheck, *, epochs: int):
+                 divergence: DivergenceCheck, *, epochs: int,
+                 received: Callable[[], int | None] | None = None):
         self.catcher, self.checkpointer, self.divergence = catcher, checkpointer, divergence
         self.epochs = epochs
+        self.received = received or (lambda: catcher.received)
 
     def __call__(self, out: StepOutput) -> Outcome | None:
-        signum = self.catcher.received
+        signum = self.received()
         if signum is None:
             return None
         if out.epoch_end:  # the checkpoint action saved the epoch end just before
@@ -39,7 +47,11 @@ class PreemptionCheckpoint(Action):
 
     def _stop(self, signum: int, epoch: int, step: int) -> Stop:
         name = signal.Signals(signum).name
-        print(f"interrupted by {name} at epoch {epoch + 1}, step {step}; saved "
-              f"{self.checkpointer.latest()}; rerun the same command to resume",
+        where = "" if self.catcher.received == signum else " (received by another worker)"
+        # The chief's ckpt-<updates> (not latest(): a worker may read the chief's state file
+        # before the chief has rewritten it).
+        saved = os.path.join(self.checkpointer.directory, f"ckpt-{self.checkpointer.last_saved}")
+        print(f"interrupted by {name}{where} at epoch {epoch + 1}, step {step}; saved "
+              f"{saved}; rerun the same command to resume",
               file=sys.stderr, flush=True)
         return Stop("interrupted", {"interrupted_by": name, "interrupted_by_signal": int(signum)})
