@@ -106,17 +106,16 @@ def _await_peers(workers: list[str], index: int, timeout_s: float, report_every_
     The placeholder listener lets peers that are still probing see this worker; it is closed
     before TensorFlow's server binds the same port (peers probing in between retry)."""
     began = time.monotonic()
-    host, _, port = workers[index].rpartition(":")
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    port = int(workers[index].rpartition(":")[2])
+    try:  # all interfaces, as TensorFlow's server binds: the named host may be a forwarded name
+        listener = (socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+                    if socket.has_dualstack_ipv6() else socket.create_server(("", port)))
+    except OSError as e:
+        raise UserInputError(
+            f"cannot listen on port {port} of {workers[index]} (TF_CONFIG task index {index}): "
+            f"{e.strerror}; free that port or change this worker's address in TF_CONFIG"
+        ) from None
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind((host.strip("[]"), int(port)))
-            listener.listen(16)
-        except OSError as e:
-            raise UserInputError(
-                f"cannot listen on {workers[index]} (TF_CONFIG task index {index}): {e.strerror}; "
-                f"free that port or change this worker's address in TF_CONFIG") from None
         next_report = report_every_s
         while True:
             missing = unreachable(workers, index)
