@@ -181,6 +181,7 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
 
         # ---- Model, optimizer, train step -------------------------------------------------------
         progress = default_progress()
+        progress.begin_epoch(0, 1)  # this loop drives the clock (restore sets the real position)
         parts = build.build_parts(config, components, strategy, source, progress,
                                   learning_rate=learning_rate, guard=guard)
         evaluate = build.evaluate_fn(parts.model, strategy)  # sharded: replicas and workers
