@@ -8,7 +8,6 @@ byte as before. The cases run concurrently (separate processes) from one fixture
 """
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import pytest
 
 from keras_largebatch.data.sources import FASHION_MNIST_DIR
 
-from .cli import REPO, TINY, error_lines, run_cli
+from .cli import REPO, TINY, error_lines, run_cli, tree_state
 
 pytestmark = pytest.mark.slow  # ~25 CLI processes, 3 at a time
 
@@ -95,22 +94,11 @@ def _prepare(tmp: Path) -> None:
         f.write(bytes(raw))
 
 
-def _tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    for f in sorted(path.rglob("*")):
-        h.update(str(f.relative_to(path)).encode())
-        if f.is_file():
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_input2")
     _prepare(tmp)
-    before = _tree_digest(tmp)
+    before = tree_state(tmp)
 
     def run(name):
         args = [a.replace("{tmp}", str(tmp)) for a in CASES[name][0]]
@@ -134,7 +122,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(outcomes, name):
     assert "Traceback" not in proc.stderr
     after = proc.stderr[proc.stderr.index(lines[0]) + len(lines[0]):]
     assert after.strip() == "", after  # no warning lines after the error
-    assert _tree_digest(tmp) == before  # nothing created, changed or removed anywhere
+    assert tree_state(tmp) == before  # nothing created, changed or removed anywhere
 
 
 def test_the_config_attacks_did_not_run(outcomes):
