@@ -69,24 +69,8 @@ from keras_largebatch.optimizers.ba_covariance import (
     covariance_estimator,
 )
 from keras_largebatch.optimizers.ba_math import tf_optimal_batch_size
+from keras_largebatch.optimizers.backends import require_tensorflow_backend
 from keras_largebatch.validate import is_int, is_real
-
-
-def require_tensorflow_backend(what: str) -> None:
-    """Raise a clear error when Keras runs another backend than TensorFlow.
-
-    BA-Momentum's chunk protocol (all-reduces through `tf.distribute`, masked updates inside
-    `merge_call`) and its covariance estimators are TensorFlow code; LARS, the schedules and
-    GhostBatchNormalization run on every backend.
-    """
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise RuntimeError(
-            f"{what} supports the TensorFlow backend only (supported backends: tensorflow); "
-            f"this process runs KERAS_BACKEND={backend}. LARS, the schedules and "
-            "GhostBatchNormalization run on tensorflow, jax and torch."
-        )
-
 
 _UNSUPPORTED_BASE_ARGS = ("gradient_accumulation_steps", "use_ema", "loss_scale_factor",
                           "weight_decay")

@@ -43,7 +43,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from keras_largebatch.optimizers.ba_momentum import BAMomentum, require_tensorflow_backend
+from keras_largebatch.optimizers.ba_momentum import BAMomentum
+from keras_largebatch.optimizers.backends import require_tensorflow_backend
 
 
 def ba_chunk_step(
