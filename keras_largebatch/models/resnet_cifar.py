@@ -76,6 +76,7 @@ def resnet_cifar(
     weight_decay: float = 0.0,
     bn_batch_size: int | None = None,
     bn_synchronized: bool = False,
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """The CIFAR ResNet of He et al. 2016, Section 4.2, with `depth = 6n + 2` layers.
 
@@ -94,7 +95,9 @@ def resnet_cifar(
     1e-4): an L2 penalty `lambda / 2 * ||w||^2` on conv and dense kernels, in
     `model.losses`. Zero channels of the option-A shortcut go after the existing
     channels (the paper does not say where). `bn_synchronized=True` keeps the BN statistics
-    equal across replicas (models/norm.py).
+    equal across replicas (models/norm.py). `bn_momentum` is the BN layers' moving-statistics
+    momentum (Keras' default 0.99 needs a few hundred updates before the moving statistics,
+    and so the test accuracy, mean anything; short runs with few large batches want ~0.9).
     """
     if depth < 8 or (depth - 2) % 6:
         raise UserInputError(
@@ -105,7 +108,9 @@ def resnet_cifar(
     reg = _kernel_regularizer(weight_decay)
 
     def bn(x, name):
-        return _batch_norm(bn_batch_size, name, bn_synchronized)(x) if batch_norm else x
+        if not batch_norm:
+            return x
+        return _batch_norm(bn_batch_size, name, bn_synchronized, momentum=bn_momentum)(x)
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = _conv(16, 1, not batch_norm, reg, "conv1")(inputs)
@@ -152,10 +157,12 @@ def _builder(depth: int, doc: str):
         weight_decay: float = 0.0,
         bn_batch_size: int | None = None,
         bn_synchronized: bool = False,
+        bn_momentum: float = 0.99,
     ) -> keras.Model:
         return resnet_cifar(depth=depth, input_shape=input_shape, num_classes=num_classes,
                             batch_norm=batch_norm, weight_decay=weight_decay,
-                            bn_batch_size=bn_batch_size, bn_synchronized=bn_synchronized)
+                            bn_batch_size=bn_batch_size, bn_synchronized=bn_synchronized,
+                            bn_momentum=bn_momentum)
 
     build.__name__ = build.__qualname__ = f"resnet{depth}"
     build.__doc__ = f"ResNet-{depth} ({doc}); He et al. 2016, Sec. 4.2; see `resnet_cifar`."

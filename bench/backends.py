@@ -1,0 +1,103 @@
+"""The library pieces' cost on the current Keras backend: LARS vs SGD, ghost BN vs Keras BN.
+
+    KERAS_BACKEND=jax   .venv/bin/python bench/backends.py [--batch 256] [--steps 40] [--rounds 5]
+    KERAS_BACKEND=torch python bench/backends.py --data_dir DIR     # where PyTorch is installed
+
+Backend-neutral (Keras and NumPy only; no TensorFlow), so it runs on JAX, PyTorch and
+TensorFlow alike, on whatever device the backend picks (a GPU if there is one). Data: the real
+Fashion-MNIST training images, read from the IDX files in `--data_dir` with gzip/NumPy,
+scaled to [0, 1]. Two comparisons, each between two ResNet-20s (`build_model("resnet20")`,
+28x28x1, 10 classes) that start from the same weights, trained with plain `model.fit` (the
+backend's default compilation, e.g. jit on JAX) on the same `--steps` x `--batch` images:
+
+1. optimizer: `keras.optimizers.SGD(0.1, momentum=0.9)` vs `LARS(0.1, momentum=0.9,
+   weight_decay=5e-4)` (every variable adapted, the library default), Keras BN in both;
+2. normalisation: Keras `BatchNormalization` vs `GhostBatchNormalization` with
+   `--virtual_batch` (the model builders' `bn_batch_size`), SGD momentum in both.
+
+The first `fit` of each model (compilation) is not timed; then the two alternate for
+`--rounds` rounds (A B, then B A, ...) so both see the same machine state. Printed: median
+images/s of each and the median of the per-round time ratios (B / A; 1.00 = no cost). Not a
+test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import platform
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from keras_largebatch.models import build_model
+from keras_largebatch.optimizers import LARS
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (big-endian header: magic with dtype/ndim, then the dimensions)."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load(data_dir: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    x = read_idx(os.path.join(data_dir, "train-images-idx3-ubyte.gz"))[:n]
+    y = read_idx(os.path.join(data_dir, "train-labels-idx1-ubyte.gz"))[:n]
+    return (x.astype("float32") / 255.0)[..., None], y.astype("int32")
+
+
+def model(bn_batch_size: int | None, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+    keras.utils.set_random_seed(0)  # the same initial weights for both sides of a pair
+    m = build_model("resnet20", input_shape=(28, 28, 1), num_classes=10,
+                    bn_batch_size=bn_batch_size)
+    m.compile(optimizer=optimizer, metrics=["accuracy"],
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return m
+
+
+def compare(name: str, a: keras.Model, b: keras.Model, x, y, args) -> None:
+    def fit(m) -> float:
+        began = time.perf_counter()
+        m.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0)
+        return time.perf_counter() - began
+
+    fit(a), fit(b)  # compile (not timed)
+    times = {"a": [], "b": []}
+    for r in range(args.rounds):
+        for key in ("ab" if r % 2 == 0 else "ba"):
+            times[key].append(fit(a if key == "a" else b))
+    ratios = [tb / ta for ta, tb in zip(times["a"], times["b"])]
+    per_s = {k: len(x) / statistics.median(v) for k, v in times.items()}
+    print(f"{name}: {per_s['a']:,.0f} vs {per_s['b']:,.0f} img/s; time ratio "
+          f"{statistics.median(ratios):.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f})",
+          flush=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--virtual_batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=40, help="steps per timed fit")
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    x, y = load(args.data_dir, args.steps * args.batch)
+    load_avg = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    print(f"backend {keras.backend.backend()}, Keras {keras.__version__}, "
+          f"{platform.processor() or platform.machine()}, batch {args.batch}, "
+          f"{args.steps} steps x {args.rounds} rounds, load {load_avg}", flush=True)
+    sgd = lambda: keras.optimizers.SGD(0.1, momentum=0.9)
+    compare("SGD momentum vs LARS (Keras BN)", model(None, sgd()),
+            model(None, LARS(0.1, momentum=0.9, weight_decay=5e-4)), x, y, args)
+    compare(f"Keras BN vs ghost BN {args.virtual_batch} (SGD momentum)", model(None, sgd()),
+            model(args.virtual_batch, sgd()), x, y, args)
+
+
+if __name__ == "__main__":
+    main()
