@@ -11,8 +11,10 @@ the model from the same initial weights with its own compiled step:
 
 - plain:      `keras.optimizers.SGD(learning_rate, momentum=0.9)`, one update per batch of m0;
 - projection: `BAMomentum(covariance="projection")` (the fast default) via `ba_chunk_step`;
-- diagonal:   `BAMomentum(covariance="diagonal")`, exact per-example gradients
-              (`tf.vectorized_map`), the paper's App. C mode.
+- diagonal:   `BAMomentum(covariance="diagonal")`, the paper's App. C mode: exact sums of
+              squared per-example gradients from one batched pass (ba_sum_grad_squared.py);
+- diagonal_per_example (not run by default): the same statistics from per-example gradients
+              (`tf.vectorized_map`), the path models with uncovered layers fall back to.
 
 After one untimed warm-up (tracing) each, the methods alternate for `--rounds` rounds (the
 order rotates every round so all see the same machine load); every round each method consumes
@@ -20,7 +22,8 @@ order rotates every round so all see the same machine load); every round each me
 images, already in memory (no input-pipeline time). Printed per method: samples/s, the wall time
 per sample relative to plain SGD (total, and median / range of the per-round ratios), the same
 ratio in process CPU time (all TF threads; steadier than wall time when other jobs share the
-machine), and BA's number of updates and batch sizes. The issue's goal: projection <= 1.5x.
+machine), and BA's number of updates and batch sizes. Goals (issue 17): diagonal <= 1.6x,
+projection <= 1.4x.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
+from keras_largebatch.optimizers.ba_covariance import DiagonalCovariance  # noqa: E402
 from keras_largebatch.optimizers.ba_momentum import BAMomentum  # noqa: E402
 from keras_largebatch.training.steps.ba_model import ba_chunk_step  # noqa: E402
 
@@ -71,7 +75,11 @@ def plain_step(model, lr):
 
 
 def ba_step(model, lr, m0, covariance):
-    optimizer = BAMomentum(learning_rate=lr, momentum=0.9, min_increment=m0, covariance=covariance)
+    per_example = covariance == "diagonal_per_example"
+    optimizer = BAMomentum(learning_rate=lr, momentum=0.9, min_increment=m0,
+                           covariance="diagonal" if per_example else covariance)
+    if per_example:
+        optimizer._estimator = DiagonalCovariance(per_example=True)  # noqa: SLF001
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     return tf.function(lambda x, y: ba_chunk_step(model, optimizer, loss_fn, x, y))

@@ -26,9 +26,11 @@ Each class below is one value of `BAMomentum(covariance=...)`, behind one interf
   sigma^2 = |f|^2 * sum_k sum_{j in k} (p_j - |f_k|^2)^2 / |f_k|^2 / (|Y_t| - 1): on the first
   chunk of every batch this is f^T Sigma_t f exactly (up to the finite difference), later
   chunks reuse the direction they were projected on. It estimates the FULL form f^T Sigma f.
-- "diagonal" (`DiagonalCovariance`, exact, the paper's App. C default): per-example gradients
-  by `tf.vectorized_map` (one vectorised pass, no Python loop); accumulates sum g_j and
-  sum g_j**2 per coordinate; sigma^2 = sum_i f_i^2 Sigma_ii. ~3-4x the cost of a plain step.
+- "diagonal" (`DiagonalCovariance`, exact, the paper's App. C default): accumulates sum g_j
+  and sum g_j**2 per coordinate; sigma^2 = sum_i f_i^2 Sigma_ii. Both sums come from one
+  batched pass for Dense / Conv2D networks (ba_sum_grad_squared.py); other layers with weights
+  and trainable BatchNormalization fall back, with a warning naming them, to per-example
+  gradients by `tf.vectorized_map` (~3x a plain step).
 - "full" (`FullCovariance`, exact): as "diagonal" but accumulates sum_j g_j g_j^T (D x D, D =
   number of trainable parameters, limited to FULL_COVARIANCE_MAX_PARAMS) and uses f^T Sigma f.
 
@@ -39,10 +41,11 @@ is within 1% of the exact f^T Sigma f on first chunks there, and its decisions m
 (tests/optimizers/test_ba_momentum.py).
 
 Dropout: "projection" repeats the main pass's masks in its perturbed pass; the exact modes give
-every example its own masks (seeds offset by the example's index). Both rely on the model's
-randomness flowing through Keras SeedGenerators (true for Keras layers). The exact modes see
-each example alone, so batch-coupled layers (BatchNorm) behave as with a batch of 1 and their
-moving statistics are not updated; use "projection" for them. Weight regularisers are added to
+every example its own masks (the batched pass draws them for the whole chunk; the per-example
+path offsets the seeds by the example's index). Both rely on the model's randomness flowing
+through Keras SeedGenerators (true for Keras layers). The per-example path sees each example
+alone, so batch-coupled layers (BatchNorm) behave as with a batch of 1 and their moving
+statistics are not updated; use "projection" for them. Weight regularisers are added to
 every example's loss; activity regularisers / `add_loss` terms are ignored.
 """
 
@@ -51,10 +54,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 
 import keras
 import tensorflow as tf
+
+from keras_largebatch.optimizers.ba_sum_grad_squared import (
+    batched_sum_grad_squared,
+    uncovered_layers,
+)
 
 COVARIANCE_MODES = ("projection", "diagonal", "full")
 FULL_COVARIANCE_MAX_PARAMS = 4096
@@ -292,9 +301,35 @@ class _ExactCovariance(CovarianceEstimator):
 
 
 class DiagonalCovariance(_ExactCovariance):
-    """covariance="diagonal": exact per-coordinate variances, sigma^2 = sum_i f_i^2 Sigma_ii."""
+    """covariance="diagonal": exact per-coordinate variances, sigma^2 = sum_i f_i^2 Sigma_ii.
+
+    `per_example=True` always takes the per-example path (the reference the batched sums are
+    tested against); by default only models with layers the batched pass does not cover do.
+    """
 
     mode = "diagonal"
+
+    def __init__(self, per_example: bool = False):
+        self.per_example = per_example
+
+    def _statistics(self, model, loss_fn, x, y, variables, n, n_f, reg, reg_grads):
+        uncovered = [] if self.per_example else uncovered_layers(model, variables)
+        if uncovered:
+            warnings.warn(f"covariance='diagonal': no batched formula for {', '.join(uncovered)}"
+                          "; using slower per-example gradients (BatchNormalization then sees "
+                          "each example alone).", stacklevel=4)
+        if self.per_example or uncovered:
+            return super()._statistics(model, loss_fn, x, y, variables, n, n_f, reg, reg_grads)
+        sums = batched_sum_grad_squared(model, lambda p: _per_example(loss_fn, y, p, n), x,
+                                        variables, n)
+        loss_sum, grad_sum, sq_sum = sums.loss_sum, sums.grad_sum, sums.sq_sum
+        if reg is not None:  # every g_j gains r: sum_j (g_j + r)^2 = S2 + 2 r S1 + n r^2
+            sq_sum = [q + 2.0 * r * g + n_f * tf.square(r)
+                      for q, g, r in zip(sq_sum, grad_sum, reg_grads)]
+            grad_sum = [g + n_f * r for g, r in zip(grad_sum, reg_grads)]
+            loss_sum = loss_sum + n_f * reg
+        return ChunkStatistics(loss_sum=loss_sum, count=n_f, grad_sum=grad_sum, sq_sum=sq_sum,
+                               y_pred=sums.y_pred)
 
     def build(self, optimizer, variables):
         self.sq_sums = optimizer.add_optimizer_variables(variables, "grad_sq_sum")
