@@ -54,7 +54,8 @@ import math
 from collections.abc import Callable
 
 import keras
-import tensorflow as tf
+
+from keras_largebatch.optimizers.ba_math import tf  # TensorFlow, imported on first use
 
 COVARIANCE_MODES = ("projection", "diagonal", "full")
 FULL_COVARIANCE_MAX_PARAMS = 4096

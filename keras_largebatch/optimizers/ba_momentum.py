@@ -49,8 +49,8 @@ variable updates go through `merge_call`, which TensorFlow forbids inside `tf.co
 All state lives in optimizer variables: a `tf.train.Checkpoint` of the optimizer resumes the
 same trajectory, including a half-grown batch (checkpoint the model's dropout seed states,
 `model.non_trainable_variables`, apart for a bit-identical resume). Sample weights and mixed
-precision loss scaling are not supported. TensorFlow backend only: on JAX or PyTorch the
-constructor raises an error naming the supported backend.
+precision loss scaling are not supported. Backends: TensorFlow (this protocol) and JAX
+(ba_momentum_jax.py, driven by `BAModel`); on PyTorch the constructor names the supported ones.
 
 Reference: seed 002, batch-adaptive momentum (Algorithm 1, Eqs. 4-11 and 15).
 """
@@ -61,15 +61,14 @@ import functools
 import math
 
 import keras
-import tensorflow as tf
 
 from keras_largebatch.optimizers.ba_covariance import (
     COVARIANCE_MODES,
     ChunkStatistics,
     covariance_estimator,
 )
-from keras_largebatch.optimizers.ba_math import tf_optimal_batch_size
-from keras_largebatch.optimizers.backends import require_tensorflow_backend
+from keras_largebatch.optimizers.ba_math import tf, tf_optimal_batch_size  # tf: lazy import
+from keras_largebatch.optimizers.backends import BA_BACKENDS, require_backends
 from keras_largebatch.validate import is_int, is_real
 
 _UNSUPPORTED_BASE_ARGS = ("gradient_accumulation_steps", "use_ema", "loss_scale_factor",
@@ -119,7 +118,7 @@ class BAMomentum(keras.optimizers.Optimizer):
         name: str | None = None,
         **kwargs,
     ):
-        require_tensorflow_backend("BAMomentum")
+        require_backends("BAMomentum", BA_BACKENDS)
         for arg in _UNSUPPORTED_BASE_ARGS:
             if kwargs.get(arg):
                 raise ValueError(
