@@ -373,7 +373,7 @@ class BAMomentum(keras.optimizers.Optimizer):
     @property
     def accumulated_count(self):
         """|Y_t|: examples in the batch being grown (float64 tensor, read now)."""
-        return tf.identity(self._count.value)
+        return keras.ops.copy(self._count.value)
 
     def statistics(self) -> dict:
         """Latest m*, mu, sigma, s, |Y_t| and size of the last applied batch.
@@ -381,12 +381,12 @@ class BAMomentum(keras.optimizers.Optimizer):
         Tensors read at the call (in a graph: after the ops before it), not variables.
         """
         return {
-            "m_star": tf.identity(self._m_star.value),
-            "mu": tf.identity(self._mu.value),
-            "sigma": tf.identity(self._sigma.value),
-            "s": tf.identity(self._state.value),
-            "accumulated": tf.identity(self._count.value),
-            "last_batch_size": tf.identity(self._last_batch_size.value),
+            "m_star": keras.ops.copy(self._m_star.value),
+            "mu": keras.ops.copy(self._mu.value),
+            "sigma": keras.ops.copy(self._sigma.value),
+            "s": keras.ops.copy(self._state.value),
+            "accumulated": keras.ops.copy(self._count.value),
+            "last_batch_size": keras.ops.copy(self._last_batch_size.value),
         }
 
     def get_config(self):
