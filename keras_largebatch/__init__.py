@@ -8,10 +8,10 @@ schedules), `layers` (ghost batch norm), `data` (sources and the pipeline builde
 `import keras_largebatch` imports the light, backend-neutral subpackages `layers`,
 `optimizers` and `schedules`, which registers every serializable class with Keras
 (`keras.saving.load_model` then finds LARS, GhostBatchNormalization and the schedules without
-further imports) and works on the TensorFlow, JAX and PyTorch backends. On TensorFlow it
-also registers `BAMomentum` (TensorFlow-only). `BAModel` belongs to the training layer, which
-the library layers never import (docs/ARCHITECTURE.md): load a saved BAModel after
-`import keras_largebatch.training.steps`.
+further imports) and works on the TensorFlow, JAX and PyTorch backends. On TensorFlow and
+JAX it also registers `BAMomentum` (those two backends only). `BAModel` belongs to the
+training layer, which the library layers never import (docs/ARCHITECTURE.md): load a saved
+BAModel after `import keras_largebatch.training.steps`.
 """
 
 from keras_largebatch import layers, optimizers, schedules

@@ -2,11 +2,13 @@
 
 - `LARS` (seed 004): `keras.ops` only, any backend.
 - `expected_next_state`, `optimal_batch_size` (seed 002, Eqs. 7 and 9): NumPy, any backend.
+- `BAMomentum` (seed 002; momentum=0 is BA-SGD) and its covariance estimators
+  (ba_covariance.py): TensorFlow and JAX (ba_momentum_jax.py, ba_covariance_jax.py); their
+  TensorFlow code imports TensorFlow on first use, so importing them on JAX does not. The
+  train steps that drive it (`BAModel` for model.fit on both backends, `ba_chunk_step` for
+  TensorFlow custom loops) live in `keras_largebatch.training.steps`.
 - TensorFlow only, imported on first use so that `import keras_largebatch.optimizers` works on
-  JAX and PyTorch: `LarsTrustRatioLogger` (trust ratios to TensorBoard under model.fit),
-  `BAMomentum` (seed 002; momentum=0 is BA-SGD) and its covariance estimators
-  (ba_covariance.py). The train steps that drive it (`BAModel` for model.fit, `ba_chunk_step`
-  for custom loops) live in `keras_largebatch.training.steps`.
+  JAX and PyTorch: `LarsTrustRatioLogger` (trust ratios to TensorBoard under model.fit).
 """
 
 import importlib
@@ -21,7 +23,7 @@ _TF_ONLY = {
     "LarsTrustRatioLogger": "keras_largebatch.optimizers.lars_callback",
 }
 
-if keras.backend.backend() == "tensorflow":  # registers BAMomentum for keras.saving at once
+if keras.backend.backend() in ("tensorflow", "jax"):  # registers BAMomentum for keras.saving
     from keras_largebatch.optimizers.ba_momentum import BAMomentum  # noqa: F401
 
 

@@ -58,7 +58,8 @@ import warnings
 from collections.abc import Callable
 
 import keras
-import tensorflow as tf
+
+from keras_largebatch.optimizers.ba_math import tf  # TensorFlow, imported on first use
 
 from keras_largebatch.optimizers.ba_sum_grad_squared import (
     batched_sum_grad_squared,

@@ -49,8 +49,8 @@ variable updates go through `merge_call`, which TensorFlow forbids inside `tf.co
 All state lives in optimizer variables: a `tf.train.Checkpoint` of the optimizer resumes the
 same trajectory, including a half-grown batch (checkpoint the model's dropout seed states,
 `model.non_trainable_variables`, apart for a bit-identical resume). Sample weights and mixed
-precision loss scaling are not supported. TensorFlow backend only: on JAX or PyTorch the
-constructor raises an error naming the supported backend.
+precision loss scaling are not supported. Backends: TensorFlow (this protocol) and JAX
+(ba_momentum_jax.py, driven by `BAModel`); on PyTorch the constructor names the supported ones.
 
 Reference: seed 002, batch-adaptive momentum (Algorithm 1, Eqs. 4-11 and 15).
 """
@@ -61,15 +61,14 @@ import functools
 import math
 
 import keras
-import tensorflow as tf
 
 from keras_largebatch.optimizers.ba_covariance import (
     COVARIANCE_MODES,
     ChunkStatistics,
     covariance_estimator,
 )
-from keras_largebatch.optimizers.ba_math import tf_optimal_batch_size
-from keras_largebatch.optimizers.backends import require_tensorflow_backend
+from keras_largebatch.optimizers.ba_math import tf, tf_optimal_batch_size  # tf: lazy import
+from keras_largebatch.optimizers.backends import BA_BACKENDS, require_backends
 from keras_largebatch.validate import is_int, is_real
 
 _UNSUPPORTED_BASE_ARGS = ("gradient_accumulation_steps", "use_ema", "loss_scale_factor",
@@ -119,7 +118,7 @@ class BAMomentum(keras.optimizers.Optimizer):
         name: str | None = None,
         **kwargs,
     ):
-        require_tensorflow_backend("BAMomentum")
+        require_backends("BAMomentum", BA_BACKENDS)
         for arg in _UNSUPPORTED_BASE_ARGS:
             if kwargs.get(arg):
                 raise ValueError(
@@ -374,7 +373,7 @@ class BAMomentum(keras.optimizers.Optimizer):
     @property
     def accumulated_count(self):
         """|Y_t|: examples in the batch being grown (float64 tensor, read now)."""
-        return tf.identity(self._count.value)
+        return keras.ops.copy(self._count.value)
 
     def statistics(self) -> dict:
         """Latest m*, mu, sigma, s, |Y_t| and size of the last applied batch.
@@ -382,12 +381,12 @@ class BAMomentum(keras.optimizers.Optimizer):
         Tensors read at the call (in a graph: after the ops before it), not variables.
         """
         return {
-            "m_star": tf.identity(self._m_star.value),
-            "mu": tf.identity(self._mu.value),
-            "sigma": tf.identity(self._sigma.value),
-            "s": tf.identity(self._state.value),
-            "accumulated": tf.identity(self._count.value),
-            "last_batch_size": tf.identity(self._last_batch_size.value),
+            "m_star": keras.ops.copy(self._m_star.value),
+            "mu": keras.ops.copy(self._mu.value),
+            "sigma": keras.ops.copy(self._sigma.value),
+            "s": keras.ops.copy(self._state.value),
+            "accumulated": keras.ops.copy(self._count.value),
+            "last_batch_size": keras.ops.copy(self._last_batch_size.value),
         }
 
     def get_config(self):

@@ -52,12 +52,13 @@ def test_import_does_not_need_tensorflow_on_other_backends():
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
 
 
-def test_ba_momentum_names_its_supported_backend():
-    if keras.backend.backend() == "tensorflow":
-        return
+def test_ba_momentum_names_its_supported_backends():
     import pytest
 
     from keras_largebatch.optimizers import BAMomentum
 
-    with pytest.raises(RuntimeError, match="supported backends: tensorflow"):
+    if keras.backend.backend() in ("tensorflow", "jax"):  # BAModel's backends
+        assert BAMomentum().covariance == "projection"
+        return
+    with pytest.raises(RuntimeError, match="supported backends: tensorflow, jax"):
         BAMomentum()

@@ -31,6 +31,12 @@ Saving: `model.save("m.keras")` / `keras.saving.load_model` (after `import keras
 restore the compiled BAMomentum with its whole state, a half-grown batch included, so a model
 saved mid-training continues exactly (`compile_from_config`).
 
+Backends: TensorFlow (`ba_chunk_step`, distributed under tf.distribute) and JAX, where
+`train_step(state, data)` is the jitted stateless step of ba_model_jax.py (per-example
+statistics by `jax.vjp` / `jax.vmap`, same updates as on TensorFlow); every covariance mode on
+both. `ba_chunk_step` (custom loops) is TensorFlow code. PyTorch: the constructor raises an
+error naming the supported backends.
+
 `BAModel` logs `batch_size_per_update` (mean size of the updates applied so far this epoch),
 `updates` (their number), and the latest `m_star`, `mu`, `sigma` and `s`. A model subclass can
 get the same `train_step` by inheriting `BATrainStep` first: `class M(BATrainStep, keras.Model)`.
@@ -41,10 +47,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
-import tensorflow as tf
 
+from keras_largebatch.optimizers.ba_math import tf  # TensorFlow, imported on first use
 from keras_largebatch.optimizers.ba_momentum import BAMomentum
-from keras_largebatch.optimizers.backends import require_tensorflow_backend
+from keras_largebatch.optimizers.backends import BA_BACKENDS, require_backends
 
 
 def ba_chunk_step(
@@ -114,7 +120,7 @@ class _Last(keras.metrics.Metric):
         )
 
     def update_state(self, value):
-        self.value.assign(tf.cast(value, self.dtype))
+        self.value.assign(keras.ops.cast(value, self.dtype))
 
     def result(self):
         return self.value.value
@@ -128,7 +134,7 @@ class BATrainStep:
     """
 
     def __init__(self, *args, **kwargs):
-        require_tensorflow_backend("BAModel")
+        require_backends("BAModel", BA_BACKENDS)
         super().__init__(*args, **kwargs)
         self._ba_metric_objects = {
             "batch_size_per_update": keras.metrics.Mean(name="batch_size_per_update"),
@@ -170,7 +176,13 @@ class BATrainStep:
         self._ba_loss_fn = per_example_loss(self.loss)
         self._ba_ready = True
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        """TF: `train_step(data)` -> logs; JAX: `train_step(state, data)` -> (logs, state)."""
+        if keras.backend.backend() == "jax":
+            from keras_largebatch.training.steps.ba_model_jax import jax_train_step
+
+            return jax_train_step(self, *args)
+        (data,) = args
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError("BAModel does not support sample weights. Received sample_weight.")

@@ -1,0 +1,147 @@
+"""BAModel + BAMomentum on the JAX backend, against NumPy and against the TensorFlow path.
+
+Keras fixes its backend per process: the JAX side runs once in a subprocess
+(`KERAS_BACKEND=jax python -m tests.optimizers.ba_backend_worker`), the TensorFlow side in this
+session, both on the same data and initial weights. References:
+
+- one chunk of m0 = 16 examples on a linear model (loss (y - x w - b)^2): per-example gradients
+  g_j = -2 r_j [x_j, 1] by hand in NumPy, f = mean_j g_j, Sigma = cov_j(g_j) (Eq. 4), mu = f . f
+  (first chunk: mu_p = 0, Eq. 15), sigma^2 = f^T Sigma f ("projection", "full") or
+  sum_i f_i^2 Sigma_ii ("diagonal"), m* = ba_math.optimal_batch_size (Eq. 9);
+- 3 epochs of model.fit (72 chunks, data-dependent batches 16..128) per mode: the same update
+  count, per-epoch batch sizes and weights on JAX as on TensorFlow;
+- a .keras file saved after 7 chunks (mid-batch), loaded and trained 13 more chunks, equals 20
+  uninterrupted chunks (as tests/keras_conformance/test_bamodel_saving.py on TensorFlow).
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_largebatch.optimizers.ba_math import optimal_batch_size
+from tests.optimizers import ba_backend_worker as worker
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MODES = ("projection", "diagonal", "full")
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                reason="the TensorFlow side runs in this session")
+
+
+@pytest.fixture(scope="module")
+def jax_results(tmp_path_factory):
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    tmp = tmp_path_factory.mktemp("ba_jax")
+    out = tmp / "jax.json"
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "tests.optimizers.ba_backend_worker", str(out),
+         str(tmp)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+def numpy_one_chunk(mode):
+    """mu, sigma, s, m* of the first chunk, from hand-written per-example gradients."""
+    x, y = worker.data()
+    x, y = x[: worker.M0].astype(np.float64), y[: worker.M0].astype(np.float64)
+    w, b = (a.astype(np.float64) for a in worker.initial_weights([(worker.D, 1), (1,)]))
+    r = y - x @ w - b                                   # residuals, [n, 1]
+    s = float(np.mean(r**2))                            # MSE per example: r_j^2
+    grads = -2.0 * r * np.c_[x, np.ones(len(x))]        # g_j = dl_j / d(w, b)
+    f = grads.mean(axis=0)
+    cov = np.cov(grads, rowvar=False, ddof=1)           # Eq. 4
+    mu = float(f @ f)                                   # first chunk: mu_p = f
+    sigma2 = float(f @ cov @ f) if mode != "diagonal" else float(np.sum(f**2 * np.diag(cov)))
+    sigma = np.sqrt(sigma2)
+    lr = float(np.float32(worker.LR))
+    m_star = optimal_batch_size(s, worker.ONE_CHUNK_FLOOR, mu, sigma, lr, 128)
+    return {"mu": mu, "sigma": sigma, "s": s, "m_star": m_star}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tensorflow_one_chunk_equals_numpy(mode):
+    """The reference problem itself, on the TensorFlow path (so both sides share one truth)."""
+    got, want = worker.one_chunk(mode), numpy_one_chunk(mode)
+    assert 1 < want["m_star"] < 128  # an interior m*, so the test can see a wrong sigma
+    assert got["m_star"] == want["m_star"]
+    rtol = 2e-3 if mode == "projection" else 1e-5  # finite difference at fd_step = 3e-4
+    np.testing.assert_allclose([got["mu"], got["s"]], [want["mu"], want["s"]], rtol=1e-5)
+    np.testing.assert_allclose(got["sigma"], want["sigma"], rtol=rtol)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_jax_one_chunk_equals_numpy(jax_results, mode):
+    got, want = jax_results["one_chunk"][mode], numpy_one_chunk(mode)
+    assert jax_results["backend"] == "jax"
+    assert got["m_star"] == want["m_star"]
+    rtol = 2e-3 if mode == "projection" else 1e-5
+    np.testing.assert_allclose([got["mu"], got["s"]], [want["mu"], want["s"]], rtol=1e-5)
+    np.testing.assert_allclose(got["sigma"], want["sigma"], rtol=rtol)
+
+
+@pytest.fixture(scope="module")
+def tf_trajectories():
+    return worker.trajectories()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_jax_fit_takes_the_tensorflow_updates(jax_results, tf_trajectories, mode):
+    jx, tf_ = jax_results["trajectories"][mode], tf_trajectories[mode]
+    # one jitted step for all 72 chunks, whatever they decided (jnp.where, no retrace)
+    assert jx["jit_compile"] and jx["traces"] == 1
+    sizes = tf_["history"]["batch_size_per_update"]
+    assert max(sizes) > worker.M0 and tf_["accumulated"] > 0  # batches grew, one is half-grown
+    assert jx["iterations"] == tf_["iterations"]
+    assert jx["accumulated"] == tf_["accumulated"]
+    assert jx["history"]["updates"] == tf_["history"]["updates"]
+    np.testing.assert_allclose(jx["history"]["batch_size_per_update"], sizes, rtol=1e-6)
+    np.testing.assert_allclose(jx["history"]["m_star"], tf_["history"]["m_star"])
+    for a, b in zip(jx["weights"], tf_["weights"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
+    for a, b in zip(jx["optimizer"], tf_["optimizer"], strict=True):  # same variable layout
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_jax_save_mid_batch_and_continue_equals_uninterrupted(jax_results):
+    saved = jax_results["save"]
+    assert saved["classes"] == ["BAModel", "BAMomentum"]
+    assert saved["before"]["iterations"] >= 1 and saved["before"]["accumulated"] > 0
+    assert saved["after_load"]["optimizer"] == saved["before"]["optimizer"]
+    assert saved["loaded"]["iterations"] == saved["reference"]["iterations"]
+    for a, b in zip(saved["loaded"]["weights"], saved["reference"]["weights"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_jax_non_finite_loss_fails_naming_the_update(jax_results):
+    assert "non-finite loss or gradient while growing the batch of update" in (
+        jax_results["non_finite"])
+
+
+@pytest.mark.slow
+def test_jax_training_imports_no_tensorflow(jax_results):
+    """Import, build and fit (Keras' own `model.save` imports TensorFlow when installed)."""
+    assert jax_results["tensorflow_imported"] is False
+
+
+def test_torch_backend_gets_an_error_naming_the_supported_backends(monkeypatch):
+    from keras_largebatch.optimizers import BAMomentum
+    from keras_largebatch.training.steps import BAModel
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(RuntimeError, match=r"supported backends: tensorflow, jax"):
+        BAMomentum()
+    with pytest.raises(RuntimeError, match=r"BAModel .*supported backends: tensorflow, jax"):
+        BAModel(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
