@@ -60,7 +60,6 @@ from collections.abc import Callable
 import keras
 
 from keras_largebatch.optimizers.ba_math import tf  # TensorFlow, imported on first use
-
 from keras_largebatch.optimizers.ba_sum_grad_squared import (
     batched_sum_grad_squared,
     uncovered_layers,

@@ -51,7 +51,8 @@ import threading
 from collections.abc import Callable
 
 import keras
-import tensorflow as tf
+
+from keras_largebatch.optimizers.ba_math import tf  # TensorFlow, imported on first use
 
 _COVERED = (keras.layers.Dense, keras.layers.Conv2D)
 _LOCK = threading.Lock()
