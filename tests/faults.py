@@ -4,6 +4,7 @@ chosen update, and a kill in the middle of a checkpoint write. Nothing of this i
     python -m tests.faults kill_at_step=25 -- --gin_file=gin/tests/tiny.gin --run_dir=...
     python -m tests.faults signal_at_step=35:SIGTERM -- ...
     python -m tests.faults kill_in_save=46 -- ...
+    python -m tests.faults stop_at_step=60 -- ...              (SIGSTOP: a hung process)
     python -m tests.faults hold_at_step=6:<flag file> -- ...   (write the flag, then sleep)
 
 The faults reach the loop as `train(extra_actions=[...])` (the public hook for user actions,
@@ -47,6 +48,18 @@ class SignalAtStep(Action):
             os.kill(os.getpid(), self.signum)
 
 
+class StopAtStep(Action):
+    """SIGSTOP this process right after global update `at`: a hung peer (its sockets stay open
+    and accept connections, it answers nothing). The test that sets it SIGKILLs it later."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def __call__(self, out: StepOutput):
+        if not out.epoch_end and out.updates == self.at:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
 class HoldAtStep(Action):
     """After global update `at`, write this process's PID to `flag` and sleep (a run that is
     still going: tests start a second process meanwhile, then kill this one)."""
@@ -86,8 +99,8 @@ def kill_in_save(at: int) -> None:
 
 
 def parse(specs: list[str]) -> list[Action]:
-    """`kill_at_step=N`, `signal_at_step=N:SIG`, `hold_at_step=N:FLAG`, `kill_in_save=N` ->
-    actions (or patches)."""
+    """`kill_at_step=N`, `signal_at_step=N:SIG`, `stop_at_step=N`, `hold_at_step=N:FLAG`,
+    `kill_in_save=N` -> actions (or patches)."""
     actions = []
     for spec in specs:
         name, _, value = spec.partition("=")
@@ -96,6 +109,8 @@ def parse(specs: list[str]) -> list[Action]:
         elif name == "signal_at_step":
             at, _, sig = value.partition(":")
             actions.append(SignalAtStep(int(at), signal.Signals[sig or "SIGTERM"]))
+        elif name == "stop_at_step":
+            actions.append(StopAtStep(int(value)))
         elif name == "hold_at_step":
             at, _, flag = value.partition(":")
             actions.append(HoldAtStep(int(at), flag))

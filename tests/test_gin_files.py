@@ -72,9 +72,16 @@ def test_study_file_expands_and_its_runs_build(study_file, tmp_path):
     """A study (gin/studies/) expands to runs; the first and last run configs build."""
     from keras_largebatch.studies import grid as sweep
 
+    text = (REPO / study_file).read_text()
+    assert f"--gin_file={study_file}" in text, "the header gives the study's command"
     gin.clear_config()
     study = sweep.load_study([str(REPO / study_file)], [])
     assert len(study.runs) >= 2
+    # every binding of every run names a real configurable parameter (one parse of them all;
+    # later bindings win, so conflicting values parse too)
+    gin.clear_config()
+    every = list(dict.fromkeys(b for run in study.runs for b in run.bindings))
+    gin.parse_config_files_and_bindings([str(REPO / f) for f in study.runs[0].gin_files], every)
     for run in (study.runs[0], study.runs[-1]):
         gin.clear_config()
         files = [str(REPO / f) for f in run.gin_files]

@@ -46,6 +46,16 @@ evaluations narrow the bracket to the exact integer maximiser (~0.3 ms in a grap
 4096 or 65536, vs ~4 ms for a full scan of 65536). Both are tested against a brute-force scan
 (same u to 1e-12).
 
+Which sigma^2 enters Eq. 7 (`SIGMA_CONVENTIONS`, `eq7_sigma2`; BAMomentum's
+`sigma_convention=`, orthogonal to its covariance estimator):
+
+- "paper": sigma^2 = f^T Sigma f, the per-example variance of the step, as in Sec. 3 (Eq. 7
+  divides it by m itself). The library default.
+- "authors": sigma^2 = f^T Sigma f / |Y_t|, as the authors' code computes it: the variance of
+  the mean step over the batch Y_t grown so far, which Eq. 7 then divides by m again. Eq. 7 at
+  (m, sigma^2 / |Y_t|) is the paper's Eq. 7 at m |Y_t|, so u is evaluated at batches |Y_t|
+  times larger and m* comes out ~|Y_t| times smaller (the batch grows later and less).
+
 `expected_next_state` / `optimal_batch_size` work on NumPy values and validate their inputs, on
 any Keras backend (importing this module imports no TensorFlow); `tf_expected_decrease` /
 `tf_optimal_batch_size` are the same formulas in float64 TensorFlow ops for BAMomentum's
@@ -73,6 +83,25 @@ tf = _LazyTensorFlow()
 
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+SIGMA_CONVENTIONS = ("paper", "authors")
+
+
+def check_sigma_convention(convention: str) -> str:
+    """`convention` if it is one of SIGMA_CONVENTIONS, else ValueError naming it."""
+    if convention not in SIGMA_CONVENTIONS:
+        raise ValueError(f"`sigma_convention` must be one of {SIGMA_CONVENTIONS}. "
+                         f"Received: sigma_convention={convention!r}")
+    return convention
+
+
+def eq7_sigma2(sigma2, batch_size, convention: str = "paper"):
+    """The sigma^2 that enters Eq. 7 from f^T Sigma f of the batch Y_t (|Y_t| = batch_size):
+    unchanged ("paper") or divided by |Y_t| ("authors"); module docstring. NumPy or TF values."""
+    if check_sigma_convention(convention) == "authors":
+        return sigma2 / batch_size
+    return sigma2
 
 
 def _check_finite(name: str, value) -> np.ndarray:

@@ -33,7 +33,8 @@ Two decisions the paper leaves open:
   rule, momentum overshoot on a noiseless problem grows batches up to max_batch_size.)
 - With one example (|Y_t| = 1) Sigma_t is undefined: m* is raised to 2.
 
-sigma^2 = f^T Sigma_t f enters Eq. 7 undivided (Eq. 7 itself divides it by m).
+sigma^2 = f^T Sigma_t f enters Eq. 7 undivided (Eq. 7 itself divides it by m); with
+`sigma_convention="authors"` divided by |Y_t| first, as the authors' code does (ba_math.py).
 
 Protocol (all graph-friendly; call inside `tf.function` and, with a strategy, `strategy.run`):
 
@@ -67,7 +68,12 @@ from keras_largebatch.optimizers.ba_covariance import (
     ChunkStatistics,
     covariance_estimator,
 )
-from keras_largebatch.optimizers.ba_math import tf, tf_optimal_batch_size  # tf: lazy import
+from keras_largebatch.optimizers.ba_math import (  # tf: TensorFlow, imported on first use
+    check_sigma_convention,
+    eq7_sigma2,
+    tf,
+    tf_optimal_batch_size,
+)
 from keras_largebatch.optimizers.backends import BA_BACKENDS, require_backends
 from keras_largebatch.validate import is_int, is_real
 
@@ -95,6 +101,8 @@ class BAMomentum(keras.optimizers.Optimizer):
         covariance: "projection" (fast estimate of f^T Sigma f), "diagonal" (exact per-example
             gradients, diagonal Sigma, as in the paper) or "full" (exact, full Sigma, small
             models only); see ba_covariance.py.
+        sigma_convention: "paper" (f^T Sigma f enters Eq. 7) or "authors" (f^T Sigma f / |Y_t|,
+            as the authors' code: m* ~|Y_t| times smaller); any `covariance`. ba_math.py.
         dataset_size: |X|; when given, a batch never grows beyond it.
         fd_step: finite-difference step of "projection", relative to |theta| (or absolute
             when |theta| < 1). On the seed-002 CNN the estimate is within 0.35% of the exact
@@ -115,6 +123,7 @@ class BAMomentum(keras.optimizers.Optimizer):
         covariance: str = "projection",
         dataset_size: int | None = None,
         fd_step: float = 3e-4,
+        sigma_convention: str = "paper",
         name: str | None = None,
         **kwargs,
     ):
@@ -159,6 +168,7 @@ class BAMomentum(keras.optimizers.Optimizer):
         self.covariance = covariance
         self.dataset_size = None if dataset_size is None else int(dataset_size)
         self.fd_step = float(fd_step)
+        self.sigma_convention = check_sigma_convention(sigma_convention)
         self._estimator = covariance_estimator(covariance, fd_step=self.fd_step)
 
     # -- variables ------------------------------------------------------------------------
@@ -255,6 +265,7 @@ class BAMomentum(keras.optimizers.Optimizer):
         else:
             mu = ff
         s = loss_sum / count
+        sigma2 = eq7_sigma2(sigma2, count, self.sigma_convention)
         sigma = tf.sqrt(tf.maximum(sigma2, 0.0))
 
         finite = tf.reduce_all(tf.math.is_finite(tf.stack([s, ff, mu, sigma2])))
@@ -401,5 +412,6 @@ class BAMomentum(keras.optimizers.Optimizer):
             "covariance": self.covariance,
             "dataset_size": self.dataset_size,
             "fd_step": self.fd_step,
+            "sigma_convention": self.sigma_convention,
         })
         return config

@@ -37,6 +37,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from keras_largebatch.optimizers.ba_math import eq7_sigma2
+
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GRID = 64  # points per refinement stage, as in ba_math.tf_optimal_batch_size
@@ -166,6 +168,7 @@ def accumulate_and_apply(optimizer, stats: dict, *, finite_check: bool = True) -
     else:
         mu = ff
     s = loss_sum / count
+    sigma2 = eq7_sigma2(sigma2, count, opt.sigma_convention)  # "authors": / |Y_t|
     sigma = jnp.sqrt(jnp.maximum(sigma2, 0.0))
     finite = jnp.all(jnp.isfinite(jnp.stack([s, ff, mu, sigma2])))
     if finite_check:

@@ -19,6 +19,7 @@ training loop can import too):
     results   the results.json schema: key names, read_results / write_results, number / finite
     manifest  <sweep_dir>/sweep.json: what the sweep ran (read back by the plots)
     metrics   the papers' metrics of one run (METRICS, run_metrics)
+    seeds     seeds as a grid axis: run names, mean +- std over seeds (sweep.seeds)
     grid      a study file -> its runs (Study, RunSpec, load_study)
     summary   <sweep_dir>/summary.csv and summary.md
     figures   the figures from plain arrays (matplotlib only)

@@ -4,7 +4,9 @@
     figures.plot_test_error({"m = 32": ([1, 2, 3], [40.0, 30.0, 25.0])}, "test_error.png")
 
 `python -m keras_largebatch.studies.plot runs/<dir>` reads runs and calls these; notebooks can
-call them directly with arrays. Each function returns the path of the PNG it wrote.
+call them directly with arrays. Each function returns the path of the PNG it wrote. Studies with
+seeds (studies/seeds.py) pass the mean over seeds as the curve and its std as `bands` (a shaded
+mean +- std), and `accuracy_std` per point of the base-LR figure (error bars).
 
     plot_test_error             test error vs epoch, one line per run   seed 000 Figs 1-2, 4-7
     plot_accuracy_vs_base_lr    accuracy vs eta/m, a curve per batch    seed 001 Figs 1-12
@@ -45,9 +47,14 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def _lines(ax, curves: Mapping[str, Curve], **kwargs) -> None:
+def _lines(ax, curves: Mapping[str, Curve], bands: Mapping[str, Sequence[float]] | None = None,
+           **kwargs) -> None:
     for label, (x, y) in curves.items():
-        ax.plot(x, y, label=label, **kwargs)
+        (line,) = ax.plot(x, y, label=label, **kwargs)
+        if bands and label in bands:  # mean +- std over seeds
+            mean, std = np.asarray(y, float), np.asarray(bands[label], float)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2,
+                            linewidth=0)
     if curves:
         ax.legend(fontsize="small", ncol=2 if len(curves) > 6 else 1)
     ax.grid(alpha=0.3)
@@ -61,10 +68,12 @@ def _log_if_wide(ax, curves: Mapping[str, Curve], axis: str = "y") -> None:
 
 
 def plot_test_error(curves: Mapping[str, Curve], path: str, *,
-                    title: str = "Test error") -> str:
-    """Test error (%) vs epoch, one line per run: {label: (epochs, error_percent)}."""
+                    title: str = "Test error",
+                    bands: Mapping[str, Sequence[float]] | None = None) -> str:
+    """Test error (%) vs epoch, one line per run: {label: (epochs, error_percent)}; `bands`:
+    {label: std per epoch}, shaded around the line."""
     fig, ax = _figure()
-    _lines(ax, curves)
+    _lines(ax, curves, bands)
     ax.set(xlabel="epoch", ylabel="test error (%)", title=title)
     return _save(fig, path)
 
@@ -74,10 +83,11 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
                              title: str = "Test accuracy vs base learning rate") -> str:
     """Seed 001's figure: accuracy vs eta~ = eta/m on a log2 axis, one curve per batch size.
 
-    `points`: dicts with batch_size, base_lr, accuracy (fraction), diverged (bool) and an
-    optional variant (e.g. warmup / no_warmup: one panel each, as seed 001 Figs 1 and 16 are
-    separate figures). Diverged runs are an x near the bottom of the axis in their batch size's
-    colour, one row per batch size.
+    `points`: dicts with batch_size, base_lr, accuracy (fraction), diverged (bool), an
+    optional accuracy_std (fraction: error bars, the std over seeds) and an optional variant
+    (e.g. warmup / no_warmup: one panel each, as seed 001 Figs 1 and 16 are separate figures).
+    Diverged runs are an x near the bottom of the axis in their batch size's colour, one row
+    per batch size.
     """
     panels: dict[str, list[Mapping]] = {}
     for p in points:
@@ -95,8 +105,13 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
                            key=lambda p: p["base_lr"])
             ok = [p for p in group if not p["diverged"] and p["accuracy"] is not None
                   and math.isfinite(p["accuracy"])]
-            ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
-                    color=colors[m], label=f"m = {m}")
+            if any(p.get("accuracy_std") is not None for p in ok):
+                ax.errorbar([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok],
+                            yerr=[100 * (p.get("accuracy_std") or 0.0) for p in ok], fmt="o-",
+                            color=colors[m], label=f"m = {m}", capsize=3)
+            else:
+                ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
+                        color=colors[m], label=f"m = {m}")
             row = 0.03 + 0.035 * sizes.index(m)  # one row of x per batch size: no overlaps
             failed += [(p["base_lr"], row, colors[m]) for p in group if p not in ok]
         if failed:  # at the bottom of the axis (x in data, y in axes coordinates)
@@ -115,10 +130,12 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
 
 
 def plot_train_loss(curves: Mapping[str, Curve], path: str, *,
-                    title: str = "Training loss per epoch", ylabel: str = "training loss") -> str:
-    """Training loss vs epoch, one line per run: {label: (epochs, loss)}."""
+                    title: str = "Training loss per epoch", ylabel: str = "training loss",
+                    bands: Mapping[str, Sequence[float]] | None = None) -> str:
+    """Training loss vs epoch, one line per run: {label: (epochs, loss)}; `bands` as in
+    `plot_test_error`."""
     fig, ax = _figure()
-    _lines(ax, curves)
+    _lines(ax, curves, bands)
     _log_if_wide(ax, curves)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     return _save(fig, path)

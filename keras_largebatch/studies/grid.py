@@ -22,24 +22,30 @@ from keras_largebatch.errors import UserInputError
 from keras_largebatch.gin_policy import ALLOW_FLAG, restricted
 from keras_largebatch.studies.manifest import SWEEP_FILE, is_folder_name
 from keras_largebatch.studies.metrics import METRICS
+from keras_largebatch.studies.seeds import SEED_KEY, check_seeds, run_name
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCK_FILE = ".sweep.lock"
 LOGS_DIR = "logs"
 # Files and folders of <sweep_dir> itself, which no run folder may be named.
-RESERVED_NAMES = (SWEEP_FILE, LOGS_DIR, "summary.csv", "summary.md", "tensorboard")
+RESERVED_NAMES = (SWEEP_FILE, LOGS_DIR, "summary.csv", "summary.md", "summary_runs.csv",
+                  "tensorboard")
 _BINDING_NAME = re.compile(r"^[A-Za-z_][\w./]*$")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One run of a study: its folder name, the grid values that name it, and its CLI flags."""
+    """One run of a study: its folder name, the grid values that name it, and its CLI flags.
+
+    `seed` is set when the study has `sweep.seeds` (studies/seeds.py); `params` never holds it.
+    """
 
     name: str
     variant: str | None
     params: dict
     gin_files: tuple[str, ...]
     bindings: tuple[str, ...]
+    seed: int | None = None
 
     def command(self, run_dir: str, python: str = sys.executable, *,
                 allow_imports: bool = False) -> list[str]:
@@ -57,6 +63,7 @@ class Study:
     description: str = ""
     loss_upper_bound: float | None = None
     base_lr_key: str | None = None
+    seeds: tuple[int, ...] = ()          # sweep.seeds; () = one run per grid point
 
 
 def gin_literal(value) -> str:
@@ -99,8 +106,12 @@ def sweep(
     description: str = "",
     loss_upper_bound: float | None = None,
     base_lr_key: str | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Study:
-    """Expand a study into its runs: variants x the product of the grid's values.
+    """Expand a study into its runs: variants x the product of the grid's values (x seeds).
+
+    `seeds` (e.g. [0, 1, 2]) repeats every run once per seed, binding `train.seed` and naming
+    it `<run>__seed=<n>`; the summary and plots then aggregate over seeds (studies/seeds.py).
 
     `loss_upper_bound` additionally marks a run diverged at the first epoch whose training loss
     exceeds it (the runs' own `train.*` divergence handling stops them; this only classifies).
@@ -141,6 +152,16 @@ def sweep(
         if not isinstance(b, str) or "=" not in b:
             raise UserInputError(f"sweep.base_bindings entry {b!r} is not a binding string like "
                                  "'train.epochs = 3'")
+    if seeds is not None:
+        try:
+            seeds = check_seeds(seeds)
+        except ValueError as e:
+            raise UserInputError(str(e)) from None
+        bound = [b for b in [*base_bindings, *(b for v in variants.values() for b in v)]
+                 if _binding_key(b) == SEED_KEY] + [k for k in grid if k == SEED_KEY]
+        if bound:
+            raise UserInputError(f"sweep.seeds sets {SEED_KEY}, which the study also binds "
+                                 f"({bound[0]!r}); bind it in one place only")
     gin_files = tuple(_resolve_gin_file(f) for f in base_gin_files)
 
     shorts = [k.rsplit(".", 1)[-1] for k in grid]
@@ -155,6 +176,10 @@ def sweep(
                 name="__".join(parts), variant=vname, params=params, gin_files=gin_files,
                 bindings=(*base_bindings, *vbindings,
                           *(f"{k} = {gin_literal(v)}" for k, v in params.items()))))
+    if seeds:  # seeds outermost: the first seed's runs make a whole study first
+        runs = [dataclasses.replace(r, name=run_name(r.name, s), seed=s,
+                                    bindings=(*r.bindings, f"{SEED_KEY} = {s}"))
+                for s in seeds for r in runs]
     names = [r.name for r in runs]
     for name in names:  # a run writes only inside <sweep_dir>/<name>
         if not is_folder_name(name) or name.startswith(".") or name in RESERVED_NAMES:
@@ -166,7 +191,7 @@ def sweep(
                              "values distinct")
     return Study(runs=tuple(runs), grid_keys=tuple(grid), metric=metric,
                  description=description, loss_upper_bound=loss_upper_bound,
-                 base_lr_key=base_lr_key)
+                 base_lr_key=base_lr_key, seeds=tuple(seeds or ()))
 
 
 def load_study(gin_files: Sequence[str], bindings: Sequence[str] = (), *,

@@ -2,7 +2,8 @@
 `python -m keras_largebatch.studies.plot`.
 
     {"title": ..., "metric": ..., "description": ..., "grid_keys": [...], "base_lr_key": ...,
-     "loss_upper_bound": ..., "order": [run names in study order],
+     "loss_upper_bound": ..., "seeds": [0, 1, 2] (only with sweep.seeds),
+     "order": [run names in study order],
      "runs": {run name: {"command": [...], "status": ..., "error": ..., "returncode": ...}}}
 
 The sweep rewrites it atomically after every run, so a file that does not parse, or whose fields
@@ -57,6 +58,10 @@ def read_manifest(sweep_dir: str) -> dict:
     for key in ("title", "metric", "description", "base_lr_key"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise UserInputError(f"{path}: {key!r}={data[key]!r} is not a string; {fix}")
+    seeds = data.get("seeds")
+    if seeds is not None and not (isinstance(seeds, list) and all(
+            validate.is_int(x) for x in seeds)):
+        raise UserInputError(f"{path}: 'seeds'={seeds!r} is not a list of integers; {fix}")
     bound = data.get("loss_upper_bound")
     if bound is not None and not validate.is_real(bound):
         raise UserInputError(f"{path}: 'loss_upper_bound'={bound!r} is not a number; {fix}")

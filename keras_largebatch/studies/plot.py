@@ -16,6 +16,10 @@ regenerates whatever applies to the folder:
     gradient_norm.png          gradient L2 norm over training                seed 003 Fig. 4
     lars_local_lr.png          LARS local LR per layer over training         seed 004 Fig. 2
 
+A sweep with `sweep.seeds` (sweep.json's "seeds") gets one curve or point per grid point: the
+mean over its seeds with a +- std band (curves) or error bars (accuracy vs base LR); the
+per-update figures (batch size, gradient norm, LARS local LR) show each point's first seed.
+
 Sources: results.json (per-epoch metrics), config.gin (the LR binding and scaling rule for
 eta/m), and TensorBoard scalars: `lars/trust_ratio/<variable>` (LARS' local LR), a
 `ba/...batch_size` tag logged per update (BA-Momentum), a `*gradient_norm*` tag. A figure whose
@@ -52,6 +56,7 @@ from keras_largebatch.studies.run_data import (  # noqa: E402
     Run,
     read_scalars,
 )
+from keras_largebatch.studies.seeds import mean_curve, mean_std, split_name  # noqa: E402
 
 MAX_CURVES = 10  # sweeps with more runs plot the best ones by the sweep's metric
 
@@ -59,7 +64,7 @@ __all__ = [
     "MAX_CURVES", "PLOTS_SUBDIR", "Curve", "Run", "base_lr_points", "plot_accuracy_vs_base_lr",
     "plot_batch_size_per_update", "plot_dir", "plot_gradient_norm", "plot_lars_local_lr",
     "plot_run", "plot_sweep", "plot_test_error", "plot_train_loss", "read_scalars",
-    "write_tensorboard_images",
+    "seed_points", "write_tensorboard_images",
 ]
 
 
@@ -78,20 +83,47 @@ def _curves_of(runs: Sequence[Run], build) -> dict:
     return out
 
 
-def _common_plots(runs: Sequence[Run], out_dir: str, title: str) -> list[str]:
+def _mean_curves_of(groups: Mapping[str, Sequence[Run]], build) -> tuple[dict, dict]:
+    """({point: (x, mean over seeds)}, {point: std}) of the seeds' curves (studies/seeds.py)."""
+    curves, bands = {}, {}
+    for label, group in groups.items():
+        parts = [c for c in (build(r) for r in group) if c is not None and len(c[0])]
+        x, mean, std = mean_curve(parts)
+        if x:
+            curves[label], bands[label] = (x, mean), std
+    return curves, bands
+
+
+def _common_plots(runs: Sequence[Run], out_dir: str, title: str,
+                  groups: Mapping[str, Sequence[Run]] | None = None) -> list[str]:
+    """The figures of `runs`; with `groups` ({grid point: its seeds' runs}) test error and
+    training loss are means over seeds with a +- std band, and the per-update figures show
+    each point's first seed."""
     paths = []
-    errors = _curves_of(runs, lambda r: _complement(r.series("test_accuracy", 100.0)))
+    if groups:
+        every = [r for group in groups.values() for r in group]
+        runs = [Run(group[0].path, label) for label, group in groups.items()]
+
+        def curves_of(build):
+            return _mean_curves_of(groups, build)
+    else:
+        every = runs
+
+        def curves_of(build):
+            return _curves_of(runs, build), None
+    errors, bands = curves_of(lambda r: _complement(r.series("test_accuracy", 100.0)))
     if errors:
         paths.append(plot_test_error(errors, os.path.join(out_dir, "test_error.png"),
-                                     title=f"Test error: {title}"))
+                                     title=f"Test error: {title}", bands=bands))
     # Seed 002 plots the loss on the whole training set (train.eval_train_set); use it when
     # every run has it, else the epoch's running mean (dropout on, weights moving).
-    whole = all(r.series("full_train_loss")[0] for r in runs)
-    losses = _curves_of(runs, lambda r: r.series("full_train_loss" if whole else "train_loss"))
+    whole = all(r.series("full_train_loss")[0] for r in every)
+    losses, bands = curves_of(lambda r: r.series("full_train_loss" if whole else "train_loss"))
     if losses:
         paths.append(plot_train_loss(
             losses, os.path.join(out_dir, "train_loss.png"), title=f"Training loss: {title}",
-            ylabel="loss on the whole training set" if whole else "training loss (epoch mean)"))
+            ylabel="loss on the whole training set" if whole else "training loss (epoch mean)",
+            bands=bands))
     sizes = _curves_of(runs, Run.batch_size_per_update)
     if sizes:
         paths.append(plot_batch_size_per_update(
@@ -176,6 +208,8 @@ def plot_sweep(sweep_dir: str, *, runs_glob: str | None = None,
         return []
     out_dir = out_dir or sweep_dir
     metric = manifest.get("metric") or "best_test_accuracy"
+    if manifest.get("seeds"):
+        return _plot_seed_sweep(runs, manifest, sweep_dir, out_dir, metric)
     if metric not in METRICS or "accuracy" not in metric:
         metric = "best_test_accuracy"
     bound = manifest.get("loss_upper_bound")
@@ -208,6 +242,67 @@ def plot_sweep(sweep_dir: str, *, runs_glob: str | None = None,
             curves[label] = _complement(r.series("test_accuracy", 100.0))
         paths.append(plot_test_error(curves, os.path.join(out_dir, "test_error_by_M.png"),
                                      title=f"Test error per M ({', '.join(map(str, ms))})"))
+    return paths
+
+
+def seed_points(points: Sequence[Mapping]) -> list[dict]:
+    """`base_lr_points` of a sweep with seeds -> one point per grid point: accuracy = mean over
+    the seeds that did not diverge, accuracy_std their sample std; diverged when all did."""
+    groups: dict[str, list[Mapping]] = {}
+    for p in points:
+        groups.setdefault(split_name(p["run"])[0], []).append(p)
+    out = []
+    for point, group in groups.items():
+        ok = [p["accuracy"] for p in group if not p["diverged"]]
+        mean, std, n = mean_std(ok)
+        head = point.split("__")[0]
+        out.append({**group[0], "run": point, "accuracy": mean, "accuracy_std": std,
+                    "seeds": n, "diverged": mean is None,
+                    "variant": head if "__" in point and "=" not in head else None})
+    return out
+
+
+def _plot_seed_sweep(runs: Sequence[Run], manifest: Mapping, sweep_dir: str, out_dir: str,
+                     metric: str) -> list[str]:
+    """`plot_sweep` of a sweep with `sweep.seeds`: each grid point's mean over its seeds, with
+    error bars (accuracy vs base LR) or a +- std band (curves)."""
+    if metric not in METRICS or "accuracy" not in metric:
+        metric = "best_test_accuracy"
+    bound = manifest.get("loss_upper_bound")
+    scores = {r.label: run_metrics(r.results, loss_upper_bound=bound) for r in runs}
+    title = manifest.get("title") or os.path.basename(os.path.normpath(sweep_dir))
+    title += f" (mean +- std over seeds {', '.join(map(str, manifest['seeds']))})"
+    paths = []
+    points = seed_points(base_lr_points(runs, scores, metric=metric,
+                                        lr_key=manifest.get("base_lr_key")))
+    if len({p["base_lr"] for p in points}) > 1:
+        paths.append(plot_accuracy_vs_base_lr(
+            points, os.path.join(out_dir, "accuracy_vs_base_lr.png"),
+            ylabel=f"{metric.replace('_', ' ')} (%)", title=f"{title}: accuracy vs eta/m"))
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(split_name(r.label)[0], []).append(r)
+    if len(groups) > MAX_CURVES:
+        def key(item):
+            mean = mean_std(scores[r.label][metric] for r in item[1])[0]
+            return -mean if mean is not None else math.inf
+        groups = dict(sorted(groups.items(), key=key)[:MAX_CURVES])
+        title = f"{title} ({MAX_CURVES} best grid points by mean {metric})"
+    paths += _common_plots(runs, out_dir, title, groups=groups)
+    by_m = {label: group[0].repeats for label, group in groups.items() if group[0].repeats}
+    if len(set(by_m.values())) > 1:
+        ms = sorted(set(by_m.values()))
+        ordered = sorted(by_m.items(), key=lambda item: item[1])
+        curves, bands = {}, {}
+        for label, m in ordered:
+            same = sum(v == m for v in by_m.values())
+            name = f"M = {m}" + (f" ({label})" if same > 1 else "")
+            x, mean, std = mean_curve([_complement(r.series("test_accuracy", 100.0))
+                                       for r in groups[label]])
+            curves[name], bands[name] = (x, mean), std
+        paths.append(plot_test_error(curves, os.path.join(out_dir, "test_error_by_M.png"),
+                                     title=f"Test error per M ({', '.join(map(str, ms))})",
+                                     bands=bands))
     return paths
 
 

@@ -5,6 +5,12 @@
 rewrites both after every run (and at its start): grid values, status, diverged_epoch, every
 METRICS value and the error of a failed run; summary.md leads with the study's metric and names
 the best completed run by it.
+
+With `sweep.seeds` (studies/seeds.py) summary.csv has one row per grid point instead: the
+number of seeds, of completed / diverged / other runs, and `<metric>_mean` / `<metric>_std`
+(sample std, ddof 1, over the completed seeds) of every METRICS value; the per-run rows move
+to summary_runs.csv (with a `seed` column), and summary.md shows the grid points as
+`mean +- std (n)` above the per-run table.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from keras_largebatch.studies import results as rs
 from keras_largebatch.studies.grid import Study
 from keras_largebatch.studies.metrics import METRICS, run_metrics
 from keras_largebatch.studies.results import number, read_results
+from keras_largebatch.studies.seeds import mean_std, split_name
+
+# The columns summary.md shows as mean +- std per grid point (besides the study's metric).
+SEED_COLUMNS = ("final_test_accuracy", "best_test_accuracy")
 
 
 def summary_rows(study: Study, sweep_dir: str, state: Mapping[str, dict]) -> list[dict]:
@@ -29,6 +39,8 @@ def summary_rows(study: Study, sweep_dir: str, state: Mapping[str, dict]) -> lis
         if any(r.variant for r in study.runs):
             row["variant"] = spec.variant or ""
         row.update(spec.params)
+        if spec.seed is not None:
+            row["seed"] = spec.seed
         results = read_results(os.path.join(sweep_dir, spec.name))
         info = state.get(spec.name, {})
         if results is not None and results.get(rs.STATUS) in rs.FINAL_STATUSES:
@@ -54,15 +66,77 @@ def cell(value, metric: bool = False) -> str:
     return str(value)
 
 
-def write_summary(study: Study, sweep_dir: str, rows: list[dict], title: str) -> None:
-    """<sweep_dir>/summary.csv (every column) and summary.md (headline metric first)."""
-    fields = list(rows[0])
-    tmp = os.path.join(sweep_dir, ".summary.csv.tmp")
+def point_rows(study: Study, rows: list[dict]) -> list[dict]:
+    """One row per grid point of a study with seeds: counts, and mean / sample std over the
+    completed seeds of every METRICS value (module docstring)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(split_name(row["run"])[0], []).append(row)
+    points = []
+    for point, group in groups.items():
+        first = group[0]
+        out = {"run": point}
+        out.update({k: v for k, v in first.items()
+                    if k in ("variant", *study.grid_keys)})
+        done = [r for r in group if r["status"] == rs.COMPLETED]
+        diverged = sum(r["status"] == rs.DIVERGED for r in group)
+        out.update({"seeds": len(group), "completed": len(done), "diverged": diverged,
+                    "other": len(group) - len(done) - diverged})
+        for m in METRICS:
+            mean, std, _ = mean_std(r.get(m) for r in done)
+            out[f"{m}_mean"], out[f"{m}_std"] = mean, std
+        points.append(out)
+    return points
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, os.path.join(sweep_dir, "summary.csv"))
+    os.replace(tmp, path)
+
+
+def pm(mean, std, n: int | None = None) -> str:
+    """`mean +- std (n=3)` of a summary.md cell (metrics to 4 decimals; empty without a mean)."""
+    if mean is None:
+        return ""
+    text = cell(mean, True) + (f" +- {cell(std, True)}" if std is not None else "")
+    return text + (f" (n={n})" if n is not None else "")
+
+
+def _point_lines(study: Study, points: list[dict]) -> list[str]:
+    """summary.md's table of grid points (mean +- std over seeds) and the best point."""
+    metric = study.metric
+    shown = [metric] + [c for c in SEED_COLUMNS if c != metric]
+    keys = ["run"] + [k for k in ("variant", *study.grid_keys) if k in points[0]]
+    cols = keys + ["seeds", "completed", "diverged"] + shown
+    lines = [f"Mean +- sample std over the completed seeds (n = completed), seeds "
+             f"{', '.join(map(str, study.seeds))}:", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for p in points:
+        cells = [cell(p.get(c)) for c in keys + ["seeds", "completed", "diverged"]]
+        cells += [pm(p[f"{m}_mean"], p[f"{m}_std"], p["completed"]) for m in shown]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    scored = [p for p in points if p[f"{metric}_mean"] is not None]
+    if scored:
+        best = (max if METRICS[metric][1] else min)(scored, key=lambda p: p[f"{metric}_mean"])
+        lines += ["", f"Best grid point by mean `{metric}`: {best['run']} ("
+                  f"{pm(best[f'{metric}_mean'], best[f'{metric}_std'], best['completed'])})."]
+    return lines + ["", "Runs:", ""]
+
+
+def write_summary(study: Study, sweep_dir: str, rows: list[dict], title: str) -> None:
+    """<sweep_dir>/summary.csv (every column) and summary.md (headline metric first); with
+    seeds, summary.csv per grid point and summary_runs.csv per run (module docstring)."""
+    fields = list(rows[0])
+    if study.seeds:
+        points = point_rows(study, rows)
+        _write_csv(os.path.join(sweep_dir, "summary.csv"), points)
+        _write_csv(os.path.join(sweep_dir, "summary_runs.csv"), rows)
+    else:
+        _write_csv(os.path.join(sweep_dir, "summary.csv"), rows)
 
     metric = study.metric
     cols = [c for c in fields if c not in METRICS and c != "error"]
@@ -74,12 +148,14 @@ def write_summary(study: Study, sweep_dir: str, rows: list[dict], title: str) ->
         lines += [study.description, ""]
     lines += [f"Metric: `{metric}`, {METRICS[metric][0]}. Runs: {len(rows)} ("
               + ", ".join(f"{n} {s}" for s, n in counts.items()) + ").", ""]
+    if study.seeds:
+        lines += _point_lines(study, points)
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(c), c in METRICS).replace("|", "/") for c in cols)
               + " |" for r in rows]
     scored = [r for r in rows if r["status"] == "completed" and number(r.get(metric)) is not None
               and math.isfinite(r[metric])]
-    if scored:
+    if scored and not study.seeds:  # with seeds: the best grid point, above
         best = (max if METRICS[metric][1] else min)(scored, key=lambda r: r[metric])
         lines += ["", f"Best completed run by `{metric}`: {best['run']} "
                   f"({cell(best[metric], True)})."]

@@ -16,16 +16,19 @@ runs' `train.*` configurables:
     sweep.grid = {'train.batch_size': [32, 256],         # the product, per variant (optional)
                   'train.learning_rate': [0.001, 0.004]}  # literals only
     sweep.metric = 'median_last5_test_accuracy'          # the paper's metric (see METRICS)
+    sweep.seeds = [0, 1, 2]                              # every run once per train.seed (optional)
 
-Runs are `<variant>__<key>=<value>__...` folders of `--sweep_dir`; each gets
-`base bindings + variant bindings + grid bindings` (later wins). Grid values are Python literals
-written with repr(); a string starting with '@' or '%' is written verbatim (a gin reference or
-macro). Rerunning the same command resumes: runs whose results.json has a final status
-(completed, diverged) are skipped, the others are launched again with the same command and resume
-from their checkpoints. A diverged run is recorded with its epoch and the sweep goes on; a run
-that exits non-zero without results.json is recorded as failed (its log is in logs/<run>.log).
-After every run, <sweep_dir>/summary.csv and summary.md are rewritten (one row per run: grid
-values, status, diverged_epoch and every METRICS value); at the end the plots
+Runs are `<variant>__<key>=<value>__...` folders of `--sweep_dir` (`...__seed=<n>` with
+`sweep.seeds`: the summary and plots then give mean +- std over seeds, studies/seeds.py);
+each gets `base bindings + variant bindings + grid bindings (+ train.seed)` (later wins).
+Grid values are Python literals written with repr(); a string starting with '@' or '%' is
+written verbatim (a gin reference or macro). Rerunning the same command resumes: runs whose
+results.json has a final status (completed, diverged) are skipped, the others are launched
+again with the same command and resume from their checkpoints. A diverged run is recorded
+with its epoch and the sweep goes on; a run that exits non-zero without results.json is
+recorded as failed (its log is in logs/<run>.log). After every run, <sweep_dir>/summary.csv
+and summary.md are rewritten (one row per run: grid values, status, diverged_epoch and every
+METRICS value; with seeds one row per grid point, studies/summary.py); at the end the plots
 (keras_largebatch.studies.plot) are regenerated. <sweep_dir>/sweep.json keeps each run's command and
 last outcome; logs/<run>.log its output.
 
@@ -131,6 +134,7 @@ def _run_locked(study: Study, *, sweep_dir: str, parallel: int, title: str, pyth
             "title": title, "metric": study.metric, "description": study.description,
             "grid_keys": list(study.grid_keys), "base_lr_key": study.base_lr_key,
             "loss_upper_bound": study.loss_upper_bound,
+            **({"seeds": list(study.seeds)} if study.seeds else {}),
             "order": [spec.name for spec in study.runs], "runs": state})
         rows = summary_rows(study, sweep_dir, state)
         write_summary(study, sweep_dir, rows, title)

@@ -9,6 +9,8 @@
 3. SIGTERM to one worker: both save the same update and exit 143; rerun, both end bitwise
    equal to the uninterrupted run.
 4. A worker whose peer never starts prints progress lines, then one `error:` line, exit 2.
+5. A peer that hangs (SIGSTOP: its sockets stay open, it answers nothing): the other worker
+   ends within the collective timeout with one `error: lost contact ...` line, exit 5.
 
 Ports come from binding to port 0 on 127.0.0.1; every process is waited for with a timeout and
 killed in `finally`.
@@ -199,3 +201,46 @@ def test_worker_whose_peer_never_starts_gives_up_with_one_line(tmp_path):
         f"addresses and firewall, or raise make_strategy.connect_timeout_s"]
     assert took < 90, took  # start-up (imports) plus the 15 s
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_worker_whose_peer_hangs_ends_within_the_collective_timeout(tmp_path):
+    ports, timeout_s, stop_at = free_ports(2), 20, 60
+    config = [*CONFIG, B + f"make_strategy.collective_timeout_s = {timeout_s}"]
+    procs, logs = [], []
+    try:
+        for index in range(2):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config(ports, index)}
+            logs.append(open(tmp_path / f"worker{index}.log", "w"))  # closed in finally
+            faults = [f"stop_at_step={stop_at}"] if index == 1 else []
+            procs.append(subprocess.Popen(
+                [*cli_command(faults), *config, f"--run_dir={tmp_path / 'run'}"],
+                cwd=REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+        while procs[0].poll() is None and not _stopped(procs[1].pid):
+            time.sleep(0.2)
+        stopped_at = time.monotonic()
+        procs[0].wait(timeout=TIMEOUT)
+        took = time.monotonic() - stopped_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()  # the stopped worker too (SIGKILL ends a stopped process)
+                p.wait()
+        for log in logs:
+            log.close()
+    output = (tmp_path / "worker0.log").read_text()
+    lost = [line for line in output.splitlines() if line.startswith("error:")]
+    assert procs[0].returncode == 5 and len(lost) == 1, output[-3000:]
+    assert lost[0].startswith("error: lost contact with "), lost
+    assert f"during training after update {stop_at}" in lost[0], lost
+    assert "the last checkpoint is " in lost[0] and "ckpt-50;" in lost[0], lost
+    assert "Traceback" not in output
+    # TensorFlow's collective timeout (or its coordination service's heartbeat, whichever
+    # fires first) ends the survivor; the margin covers the error path and a loaded machine.
+    assert took < timeout_s + 60, took
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (state T in /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
