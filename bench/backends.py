@@ -13,7 +13,11 @@ backend's default compilation, e.g. jit on JAX) on the same `--steps` x `--batch
 1. optimizer: `keras.optimizers.SGD(0.1, momentum=0.9)` vs `LARS(0.1, momentum=0.9,
    weight_decay=5e-4)` (every variable adapted, the library default), Keras BN in both;
 2. normalisation: Keras `BatchNormalization` vs `GhostBatchNormalization` with
-   `--virtual_batch` (the model builders' `bn_batch_size`), SGD momentum in both.
+   `--virtual_batch` (the model builders' `bn_batch_size`), SGD momentum in both;
+3. BA-Momentum (seed 002; TensorFlow and JAX): the seed-002 CNN (`cnn_fashion`) with SGD
+   momentum at batch `--ba_chunk` vs `BAModel` + `BAMomentum(min_increment=--ba_chunk)` in
+   each covariance mode, fed chunks of that size: time per sample (BA applies fewer, larger
+   updates; its extra cost is the per-example statistics of every chunk).
 
 The first `fit` of each model (compilation) is not timed; then the two alternate for
 `--rounds` rounds (A B, then B A, ...) so both see the same machine state. Printed: median
@@ -61,10 +65,10 @@ def model(bn_batch_size: int | None, optimizer: keras.optimizers.Optimizer) -> k
     return m
 
 
-def compare(name: str, a: keras.Model, b: keras.Model, x, y, args) -> None:
+def compare(name: str, a: keras.Model, b: keras.Model, x, y, args, batch=None) -> None:
     def fit(m) -> float:
         began = time.perf_counter()
-        m.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0)
+        m.fit(x, y, batch_size=batch or args.batch, epochs=1, shuffle=False, verbose=0)
         return time.perf_counter() - began
 
     fit(a), fit(b)  # compile (not timed)
@@ -86,6 +90,7 @@ def main(argv=None) -> None:
     p.add_argument("--virtual_batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=40, help="steps per timed fit")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--ba_chunk", type=int, default=128, help="BA's min_increment (0: skip)")
     args = p.parse_args(argv)
     x, y = load(args.data_dir, args.steps * args.batch)
     load_avg = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
@@ -97,6 +102,33 @@ def main(argv=None) -> None:
             model(None, LARS(0.1, momentum=0.9, weight_decay=5e-4)), x, y, args)
     compare(f"Keras BN vs ghost BN {args.virtual_batch} (SGD momentum)", model(None, sgd()),
             model(args.virtual_batch, sgd()), x, y, args)
+    if args.ba_chunk:
+        compare_ba(x, y, args)
+
+
+def ba_models(mode: str, chunk: int) -> tuple[keras.Model, keras.Model]:
+    """(cnn_fashion with SGD momentum, the same weights in a BAModel with BAMomentum)."""
+    from keras_largebatch.optimizers import BAMomentum
+    from keras_largebatch.training.steps import BAModel
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    keras.utils.set_random_seed(0)
+    plain = build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10)
+    plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss)
+    keras.utils.set_random_seed(0)
+    ba = BAModel(build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10))
+    ba.compile(optimizer=BAMomentum(0.01, momentum=0.9, min_increment=chunk, covariance=mode,
+                                    max_batch_size=4096), loss=loss)
+    return plain, ba
+
+
+def compare_ba(x, y, args) -> None:
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        print(f"BA-Momentum: not on {keras.backend.backend()} (supported: tensorflow, jax)")
+        return
+    for mode in ("projection", "diagonal"):
+        compare(f"SGD momentum vs BA-Momentum {mode} (cnn_fashion, chunks of {args.ba_chunk})",
+                *ba_models(mode, args.ba_chunk), x, y, args, batch=args.ba_chunk)
 
 
 if __name__ == "__main__":
