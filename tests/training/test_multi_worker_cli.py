@@ -10,7 +10,8 @@
    equal to the uninterrupted run.
 4. A worker whose peer never starts prints progress lines, then one `error:` line, exit 2.
 5. A peer that hangs (SIGSTOP: its sockets stay open, it answers nothing): the other worker
-   ends within the collective timeout with one `error: lost contact ...` line, exit 5.
+   ends within the collective timeout with one `error: lost contact ...` line, exit 5
+   (measured: in seconds, through TensorFlow's coordination-service heartbeat check).
 
 Ports come from binding to port 0 on 127.0.0.1; every process is waited for with a timeout and
 killed in `finally`.
