@@ -36,7 +36,8 @@ def initial_weights(shapes, seed=7):
     return [(0.5 * rng.normal(size=s)).astype("float32") for s in shapes]
 
 
-def build(covariance="projection", hidden=4, momentum=0.9, loss_floor=FLOOR):
+def build(covariance="projection", hidden=4, momentum=0.9, loss_floor=FLOOR,
+          sigma_convention="paper"):
     """A BAModel over Dense(hidden, tanh) -> Dense(1) (or one Dense when hidden=0)."""
     import keras
 
@@ -51,7 +52,8 @@ def build(covariance="projection", hidden=4, momentum=0.9, loss_floor=FLOOR):
     model = BAModel(net)
     model.compile(optimizer=BAMomentum(learning_rate=LR, momentum=momentum, min_increment=M0,
                                        max_batch_size=128, loss_floor=loss_floor,
-                                       covariance=covariance),
+                                       covariance=covariance,
+                                       sigma_convention=sigma_convention),
                   loss=keras.losses.MeanSquaredError())
     return model
 
@@ -71,10 +73,11 @@ def record(model, history) -> dict:
     }
 
 
-def one_chunk(covariance, hidden=0) -> dict:
+def one_chunk(covariance, hidden=0, sigma_convention="paper") -> dict:
     """m*, mu, sigma, s after the first chunk of `data()` (no update yet, or the first one)."""
     x, y = data()
-    model = build(covariance, hidden=hidden, loss_floor=ONE_CHUNK_FLOOR)
+    model = build(covariance, hidden=hidden, loss_floor=ONE_CHUNK_FLOOR,
+                  sigma_convention=sigma_convention)
     fit(model, x[:M0], y[:M0])
     opt = model.optimizer
     return {key: float(np.asarray(var)) for key, var in
@@ -155,6 +158,7 @@ def main(argv):
 
     results = {"backend": keras.backend.backend(),
                "one_chunk": {c: one_chunk(c) for c in ("projection", "diagonal", "full")},
+               "one_chunk_authors": one_chunk("diagonal", sigma_convention="authors"),
                "trajectories": trajectories()}
     # before saving: Keras' own `model.save` imports TensorFlow on JAX when it is installed
     results["tensorflow_imported"] = "tensorflow" in sys.modules

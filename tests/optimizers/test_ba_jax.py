@@ -49,8 +49,9 @@ def jax_results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-def numpy_one_chunk(mode):
-    """mu, sigma, s, m* of the first chunk, from hand-written per-example gradients."""
+def numpy_one_chunk(mode, sigma_convention="paper"):
+    """mu, sigma, s, m* of the first chunk, from hand-written per-example gradients
+    ("authors": f^T Sigma f divided by |Y_t| = m0 before Eq. 7)."""
     x, y = worker.data()
     x, y = x[: worker.M0].astype(np.float64), y[: worker.M0].astype(np.float64)
     w, b = (a.astype(np.float64) for a in worker.initial_weights([(worker.D, 1), (1,)]))
@@ -61,6 +62,8 @@ def numpy_one_chunk(mode):
     cov = np.cov(grads, rowvar=False, ddof=1)           # Eq. 4
     mu = float(f @ f)                                   # first chunk: mu_p = f
     sigma2 = float(f @ cov @ f) if mode != "diagonal" else float(np.sum(f**2 * np.diag(cov)))
+    if sigma_convention == "authors":
+        sigma2 /= worker.M0
     sigma = np.sqrt(sigma2)
     lr = float(np.float32(worker.LR))
     m_star = optimal_batch_size(s, worker.ONE_CHUNK_FLOOR, mu, sigma, lr, 128)
@@ -87,6 +90,17 @@ def test_jax_one_chunk_equals_numpy(jax_results, mode):
     rtol = 2e-3 if mode == "projection" else 1e-5
     np.testing.assert_allclose([got["mu"], got["s"]], [want["mu"], want["s"]], rtol=1e-5)
     np.testing.assert_allclose(got["sigma"], want["sigma"], rtol=rtol)
+
+
+@pytest.mark.slow
+def test_authors_sigma_convention_on_both_backends(jax_results):
+    """sigma_convention='authors' (diagonal): the same m* on TF, on JAX and by hand."""
+    want = numpy_one_chunk("diagonal", "authors")
+    assert want["m_star"] < numpy_one_chunk("diagonal")["m_star"]  # the convention matters here
+    for got in (worker.one_chunk("diagonal", sigma_convention="authors"),
+                jax_results["one_chunk_authors"]):
+        assert got["m_star"] == want["m_star"]
+        np.testing.assert_allclose(got["sigma"], want["sigma"], rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
