@@ -37,11 +37,14 @@ import math
 import jax
 import jax.numpy as jnp
 
-from keras_largebatch.optimizers.ba_math import eq7_sigma2
+from keras_largebatch.optimizers.ba_math import (  # the search's grid, shared with TF
+    _GRID,
+    _refinement_stages,
+    eq7_sigma2,
+)
 
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_GRID = 64  # points per refinement stage, as in ba_math.tf_optimal_batch_size
 
 
 def _normal_loss(x):
@@ -59,14 +62,6 @@ def expected_decrease(s, loss_floor, mu, sigma, m, learning_rate):
     a = jnp.abs(c) / jnp.where(positive, tau, jnp.ones_like(tau))
     noise = jnp.where(positive, 2.0 * tau * _normal_loss(a), jnp.zeros_like(tau))
     return learning_rate * mu - 2.0 * jnp.maximum(-c, 0.0) - noise
-
-
-def _refinement_stages(cap: int) -> int:
-    width, stages = cap, 1
-    while width > _GRID:
-        width = math.ceil(2 * (width - 1) / (_GRID - 1)) + 1
-        stages += 1
-    return stages
 
 
 def optimal_batch_size(s, loss_floor, mu, sigma, learning_rate, max_batch_size: int):
