@@ -298,7 +298,7 @@ def test_zero_momentum_is_plain_lars_sgd():
 # ----------------------------------------------------------------------------------
 
 GOLDEN_CASES = {
-    "paper": dict(momentum=0.9, weight_decay=0.1, exclude_rank_1=True),
+    "rank_1_excluded": dict(momentum=0.9, weight_decay=0.1, exclude_rank_1=True),
     "decay_in_gradient_norm": dict(
         momentum=0.9, weight_decay=0.1, trust_ratio_form="decay_in_gradient_norm",
         exclude_rank_1=True,
