@@ -1,0 +1,114 @@
+"""How a batch-adaptive run grew its batch (seed 002 Section 4.4, the "batch size boom"), per run
+and as mean +- std over the seeds of each grid point.
+
+    python -m keras_largebatch.studies.batch_growth runs/ba_boom [--m0=32] [--last_updates=1000]
+
+prints one markdown table: for every grid point (studies/seeds.py) the number of seeds and, as
+mean +- sample std over them,
+
+    grown           fraction of all updates whose batch was above m0
+    grown_late      the same over the last `last_updates` updates of the run
+    max_batch       the largest batch of any update
+    first_growth    the update count at the first batch above m0 (runs that never grew: none)
+    loss_last5      mean training loss over the last 5 epochs (results.json `train_loss`:
+                    the whole training set with train.eval_train_set)
+    loss_min        the lowest per-epoch training loss
+
+The per-update batch sizes are the `ba/batch_size` TensorBoard scalar (training/steps/
+ba_step.py logs one per update); a fixed-batch run (no such tag) counts as never grown.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from keras_largebatch.errors import UserInputError
+from keras_largebatch.studies import results as rs
+from keras_largebatch.studies.run_data import Run
+from keras_largebatch.studies.seeds import group_by_point, mean_std
+
+COLUMNS = ("grown", "grown_late", "max_batch", "first_growth", "loss_last5", "loss_min")
+
+
+def growth_stats(batch_sizes: Sequence[float], train_losses: Sequence[float], *, m0: float,
+                 last_updates: int = 1000) -> dict:
+    """The COLUMNS of one run from its per-update batch sizes and per-epoch training losses."""
+    sizes = np.asarray(batch_sizes, np.float64)
+    losses = np.asarray([x for x in train_losses if x is not None and np.isfinite(x)], np.float64)
+    grown = sizes > m0
+    first = int(np.argmax(grown)) + 1 if grown.any() else None
+    return {
+        "grown": float(grown.mean()) if sizes.size else 0.0,
+        "grown_late": float(grown[-last_updates:].mean()) if sizes.size else 0.0,
+        "max_batch": float(sizes.max()) if sizes.size else None,
+        "first_growth": first,
+        "loss_last5": float(losses[-5:].mean()) if losses.size else None,
+        "loss_min": float(losses.min()) if losses.size else None,
+    }
+
+
+def run_stats(run: Run, *, m0: float, last_updates: int) -> dict:
+    """growth_stats of one run folder (a fixed-batch run: its batch every update)."""
+    if "ba/batch_size" in run.scalars:
+        sizes = list(run.scalars["ba/batch_size"][1])
+    else:  # a fixed batch: never grown, its batch is the largest
+        sizes = [float(run.batch_size or m0)]
+    losses = [rs.number(e.get("train_loss")) for e in run.epochs]
+    return growth_stats(sizes, losses, m0=m0, last_updates=last_updates)
+
+
+def table(sweep_dir: str, *, m0: float = 32, last_updates: int = 1000) -> str:
+    """The markdown table of every completed run folder of `sweep_dir`, by grid point."""
+    names = sorted(n for n in os.listdir(sweep_dir)
+                   if (rs.read_results(os.path.join(sweep_dir, n)) or {}).get(rs.STATUS)
+                   == rs.COMPLETED)
+    if not names:
+        raise UserInputError(f"no completed run folders in {sweep_dir!r}: run the sweep first")
+    lines = ["| point | seeds | " + " | ".join(COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for point, runs in group_by_point(names).items():
+        stats = [run_stats(Run(os.path.join(sweep_dir, n)), m0=m0, last_updates=last_updates)
+                 for n in runs]
+        cells = []
+        for col in COLUMNS:
+            mean, std, n = mean_std(s[col] for s in stats)
+            if mean is None:
+                cells.append("none")
+                continue
+            fmt = ".4f" if col.startswith("loss") else ".3f" if col.startswith("grown") else ".0f"
+            cells.append(f"{mean:{fmt}}" + (f" +- {std:{fmt}}" if std is not None else "")
+                         + (f" ({n})" if n != len(stats) else ""))
+        lines.append(f"| {point} | {len(stats)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    opts = dict((a[2:].split("=", 1) + [""])[:2] for a in argv[1:] if a.startswith("--"))
+    try:
+        unknown = sorted(set(opts) - {"m0", "last_updates"})
+        if unknown:
+            raise UserInputError(f"unknown option --{unknown[0]}: the options are --m0=32 "
+                                 "and --last_updates=1000")
+        if len(args) != 1 or not os.path.isdir(args[0]):
+            raise UserInputError(f"expected one sweep folder, got {args!r}: "
+                                 "python -m keras_largebatch.studies.batch_growth runs/<study>")
+        try:
+            m0, last = float(opts.get("m0", 32)), int(opts.get("last_updates", 1000))
+        except ValueError as e:
+            raise UserInputError(f"--m0 / --last_updates: {e}; give numbers, e.g. --m0=32") from e
+        if not (m0 > 0 and last > 0):
+            raise UserInputError(f"--m0={m0:g} / --last_updates={last}: both must be positive")
+        print(table(args[0], m0=m0, last_updates=last))
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
