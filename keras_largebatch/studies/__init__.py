@@ -9,6 +9,7 @@ run folder (results.json, config.gin, TensorBoard, checkpoints) inside the sweep
         [--sweep_dir=runs/<study>] [--parallel=2] [--dry_run] [--noplot]
     python -m keras_largebatch.studies.plot runs/<run_or_sweep_dir> [--runs='boom_*'] \\
         [--out_dir=runs/<study>/boom] [--notensorboard]
+    python -m keras_largebatch.studies.batch_growth runs/<study> [--m0=32]
 
 (`python -m keras_largebatch.sweep` and `python -m keras_largebatch.plot` are the old names of
 the same commands.)
@@ -25,5 +26,6 @@ training loop can import too):
     figures   the figures from plain arrays (matplotlib only)
     run_data  one run folder read for the figures (Run)
     plot      the figures of a run or sweep folder, and its command line
+    batch_growth  a batch-adaptive sweep's boom statistics per grid point, and its command line
     sweep     the runner and its command line (regenerates the plots at the end)
 """

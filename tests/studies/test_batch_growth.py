@@ -65,7 +65,7 @@ def test_cli_bad_input_is_one_error_line(boom_sweep, tmp_path, args, message):
     paths = {"sweep": boom_sweep, "missing": tmp_path / "nope", "empty": tmp_path}
     proc = subprocess.run([sys.executable, "-m", "keras_largebatch.studies.batch_growth",
                            *[a.format(**paths) for a in args]],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
