@@ -10,8 +10,9 @@ mean +- sample std over them,
     grown_late      the same over the last `last_updates` updates of the run
     max_batch       the largest batch of any update
     first_growth    the update count at the first batch above m0 (runs that never grew: none)
-    loss_last5      mean training loss over the last 5 epochs (results.json `train_loss`:
-                    the whole training set with train.eval_train_set)
+    loss_last5      mean training loss over the last 5 epochs: on the whole training set
+                    (`full_train_loss`, train.eval_train_set) when every epoch has it, else
+                    the epochs' running mean (`train_loss`), as metrics.final_train_loss
     loss_min        the lowest per-epoch training loss
 
 The per-update batch sizes are the `ba/batch_size` TensorBoard scalar (training/steps/
@@ -57,7 +58,8 @@ def run_stats(run: Run, *, m0: float, last_updates: int) -> dict:
         sizes = list(run.scalars["ba/batch_size"][1])
     else:  # a fixed batch: never grown, its batch is the largest
         sizes = [float(run.batch_size or m0)]
-    losses = [rs.number(e.get("train_loss")) for e in run.epochs]
+    key = rs.FULL_TRAIN_LOSS if all(rs.FULL_TRAIN_LOSS in e for e in run.epochs) else rs.TRAIN_LOSS
+    losses = [rs.number(e.get(key)) for e in run.epochs]
     return growth_stats(sizes, losses, m0=m0, last_updates=last_updates)
 
 

@@ -70,3 +70,18 @@ def test_cli_bad_input_is_one_error_line(boom_sweep, tmp_path, args, message):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_loss_is_the_whole_training_set_when_every_epoch_has_it(tmp_path):
+    epochs = _epochs([0.8] * 5, losses=[0.5] * 5)
+    for e, full in zip(epochs, [0.4, 0.3, 0.2, 0.1, 0.05], strict=True):
+        e["full_train_loss"] = full
+    run = _write_run(tmp_path / "ba__seed=0", epochs=epochs,
+                     scalars={"ba/batch_size": [(1, 32), (2, 64)]})
+    stats = batch_growth.run_stats(batch_growth.Run(str(run)), m0=32, last_updates=1000)
+    assert stats["loss_last5"] == pytest.approx((0.4 + 0.3 + 0.2 + 0.1 + 0.05) / 5)
+    assert stats["loss_min"] == pytest.approx(0.05)
+    del epochs[0]["full_train_loss"]  # one epoch without it: the running means, as metrics does
+    run = _write_run(tmp_path / "ba__seed=1", epochs=epochs)
+    stats = batch_growth.run_stats(batch_growth.Run(str(run)), m0=32, last_updates=1000)
+    assert stats["loss_last5"] == pytest.approx(0.5)
