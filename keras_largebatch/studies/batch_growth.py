@@ -53,11 +53,10 @@ def growth_stats(batch_sizes: Sequence[float], train_losses: Sequence[float], *,
 
 
 def run_stats(run: Run, *, m0: float, last_updates: int) -> dict:
-    """growth_stats of one run folder (a fixed-batch run: its batch every update)."""
-    if "ba/batch_size" in run.scalars:
-        sizes = list(run.scalars["ba/batch_size"][1])
-    else:  # a fixed batch: never grown, its batch is the largest
-        sizes = [float(run.batch_size or m0)]
+    """growth_stats of one run folder (Run.batch_size_per_update: the per-update scalar, else
+    the batch of each epoch; a run with neither counts as its configured batch)."""
+    curve = run.batch_size_per_update()
+    sizes = list(curve[1]) if curve else [float(run.batch_size or m0)]
     key = rs.FULL_TRAIN_LOSS if all(rs.FULL_TRAIN_LOSS in e for e in run.epochs) else rs.TRAIN_LOSS
     losses = [rs.number(e.get(key)) for e in run.epochs]
     return growth_stats(sizes, losses, m0=m0, last_updates=last_updates)
