@@ -88,28 +88,31 @@ def table(sweep_dir: str, *, m0: float = 32, last_updates: int = 1000) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = [a for a in argv[1:] if not a.startswith("--")]
-    opts = dict((a[2:].split("=", 1) + [""])[:2] for a in argv[1:] if a.startswith("--"))
+    from absl import flags
+
     try:
-        unknown = sorted(set(opts) - {"m0", "last_updates"})
-        if unknown:
-            raise UserInputError(f"unknown option --{unknown[0]}: the options are --m0=32 "
-                                 "and --last_updates=1000")
-        if len(args) != 1 or not os.path.isdir(args[0]):
-            raise UserInputError(f"expected one sweep folder, got {args!r}: "
+        if len(argv) != 2 or not os.path.isdir(argv[1]):
+            raise UserInputError(f"expected one sweep folder, got {list(argv[1:])!r}: "
                                  "python -m keras_largebatch.studies.batch_growth runs/<study>")
-        try:
-            m0, last = float(opts.get("m0", 32)), int(opts.get("last_updates", 1000))
-        except ValueError as e:
-            raise UserInputError(f"--m0 / --last_updates: {e}; give numbers, e.g. --m0=32") from e
-        if not (m0 > 0 and last > 0):
-            raise UserInputError(f"--m0={m0:g} / --last_updates={last}: both must be positive")
-        print(table(args[0], m0=m0, last_updates=last))
+        m0, last = flags.FLAGS.m0, flags.FLAGS.last_updates
+        print(table(argv[1], m0=m0, last_updates=last))
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
+def run() -> None:
+    from absl import app, flags
+
+    from keras_largebatch import cli_flags
+
+    flags.DEFINE_float("m0", 32, "The initial batch: an update with a larger batch has grown.")
+    flags.register_validator("m0", lambda m0: m0 > 0, "must be positive, e.g. --m0=32")
+    flags.DEFINE_integer("last_updates", 1000, "grown_late counts the last this many updates.",
+                         lower_bound=1)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli_flags.parse)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    run()

@@ -56,9 +56,10 @@ def test_table_is_mean_and_std_over_completed_seeds(boom_sweep):
 
 @pytest.mark.parametrize("args, message", [
     (["{missing}"], "expected one sweep folder"),
-    (["{sweep}", "--m0=zero"], "--m0 / --last_updates"),
-    (["{sweep}", "--m0=-4"], "both must be positive"),
-    (["{sweep}", "--bogus=1"], "unknown option --bogus"),
+    (["{sweep}", "--m0=zero"], "--m0=zero"),
+    (["{sweep}", "--m0=-4"], "--m0=-4.0: must be positive"),
+    (["{sweep}", "--last_updates=0"], "--last_updates=0"),
+    (["{sweep}", "--bogus=1"], "flag 'bogus'"),
     (["{empty}"], "no completed run folders"),
 ])
 def test_cli_bad_input_is_one_error_line(boom_sweep, tmp_path, args, message):
