@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from keras_largebatch import allocator
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.studies import grid
 from keras_largebatch.studies import metrics as mx
@@ -119,7 +120,9 @@ epochs = [{"epoch": 1, "train_loss": float("nan") if diverged else 0.4,
            "samples_per_second": 100.0, "epoch_time_s": 1.0}]
 with open(os.path.join(run_dir, "results.json"), "w") as f:
     json.dump({"status": "diverged" if diverged else "completed", "epochs": epochs,
-               "start": start, "end": time.time()}, f)
+               "start": start, "end": time.time(),
+               "tcmalloc": any("libtcmalloc_minimal" in line for line in open("/proc/self/maps"))},
+              f)
 sys.exit(3 if diverged else 0)
 """
 
@@ -173,6 +176,20 @@ def test_parallel_runs_overlap(tmp_path, fake_python):
                  echo=lambda _: None)
     (a, b) = (rs.read_results(str(tmp_path / f"learning_rate={lr}")) for lr in (0.1, 0.2))
     assert a["start"] < b["end"] and b["start"] < a["end"]
+
+
+@pytest.mark.skipif(not allocator.tcmalloc_available(), reason="libtcmalloc-minimal4 not "
+                    "installed (make install installs it)")
+def test_runs_get_tcmalloc_unless_opted_out(tmp_path, fake_python, monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)  # make test preloads it into pytest itself
+    study = grid.sweep(grid={"train.learning_rate": [0.1]})
+    sw.run_sweep(study, sweep_dir=str(tmp_path / "a"), python=fake_python, poll_s=0.05,
+                 echo=lambda _: None)
+    assert rs.read_results(str(tmp_path / "a" / "learning_rate=0.1"))["tcmalloc"] is True
+    monkeypatch.setenv(allocator.OPT_OUT_VAR, "system")
+    sw.run_sweep(study, sweep_dir=str(tmp_path / "b"), python=fake_python, poll_s=0.05,
+                 echo=lambda _: None)
+    assert rs.read_results(str(tmp_path / "b" / "learning_rate=0.1"))["tcmalloc"] is False
 
 
 def test_a_busy_sweep_dir_is_refused(tmp_path, fake_python):
