@@ -155,20 +155,21 @@ def plot_batch_size_per_update(curves: Mapping[str, Curve], path: str, *,
 
 
 def plot_gradient_norm(curves: Mapping[str, Curve], path: str, *, xlabel: str = "epoch",
-                       title: str = "Gradient L2 norm") -> str:
-    """Gradient L2 norm over training: {label: (step, norm)}."""
+                       title: str = "Gradient L2 norm",
+                       bands: Mapping[str, Sequence[float]] | None = None) -> str:
+    """Gradient L2 norm over training: {label: (step, norm)}; `bands`: {label: std}."""
     fig, ax = _figure()
-    _lines(ax, curves)
+    _lines(ax, curves, bands)
     _log_if_wide(ax, curves)
     ax.set(xlabel=xlabel, ylabel=r"$\|g\|_2$", title=title)
     return _save(fig, path)
 
 
 def plot_lars_local_lr(panels: Mapping[str, Mapping[str, Curve]], path: str, *,
-                       xlabel: str = "epoch") -> str:
+                       xlabel: str = "epoch", title: str | None = None) -> str:
     """Seed 004 Fig. 2: LARS local LR per layer over training, one panel per run.
 
-    `panels`: {run label: {variable: (steps, local_lr)}}.
+    `panels`: {run label: {variable: (steps, local_lr)}}; `title` above all panels.
     """
     n = max(1, len(panels))
     cols = min(n, 3)
@@ -182,4 +183,6 @@ def plot_lars_local_lr(panels: Mapping[str, Mapping[str, Curve]], path: str, *,
         ax.grid(alpha=0.3)
         ax.set(xlabel=xlabel, ylabel=r"local LR $\lambda^l$", title=label)
         ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

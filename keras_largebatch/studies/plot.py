@@ -95,11 +95,14 @@ def _mean_curves_of(groups: Mapping[str, Sequence[Run]], build) -> tuple[dict, d
 
 
 def _common_plots(runs: Sequence[Run], out_dir: str, title: str,
-                  groups: Mapping[str, Sequence[Run]] | None = None) -> list[str]:
-    """The figures of `runs`; with `groups` ({grid point: its seeds' runs}) test error and
-    training loss are means over seeds with a +- std band, and the per-update figures show
-    each point's first seed."""
+                  groups: Mapping[str, Sequence[Run]] | None = None,
+                  first_seed_title: str | None = None) -> list[str]:
+    """The figures of `runs`; with `groups` ({grid point: its seeds' runs}) test error,
+    training loss and gradient norm are means over seeds with a +- std band, and the
+    per-update figures (batch size per update, LARS local LR) show each point's first seed,
+    titled `first_seed_title`."""
     paths = []
+    one_title = first_seed_title or title
     if groups:
         every = [r for group in groups.values() for r in group]
         runs = [Run(group[0].path, label) for label, group in groups.items()]
@@ -128,19 +131,20 @@ def _common_plots(runs: Sequence[Run], out_dir: str, title: str,
     if sizes:
         paths.append(plot_batch_size_per_update(
             sizes, os.path.join(out_dir, "batch_size_per_update.png"),
-            title=f"Batch size per update: {title}"))
-    norms = _curves_of(runs, Run.gradient_norm)
+            title=f"Batch size per update: {one_title}"))
+    norms, bands = curves_of(Run.gradient_norm)
     if norms:
         first = next(r for r in runs if r.label in norms)
         paths.append(plot_gradient_norm(norms, os.path.join(out_dir, "gradient_norm.png"),
                                         xlabel=_step_label(first, norms[first.label][0]),
-                                        title=f"Gradient L2 norm: {title}"))
+                                        title=f"Gradient L2 norm: {title}", bands=bands))
     lars_runs = [r for r in runs if r.lars_local_lr()][:6]
     if lars_runs:
         x = next(iter(lars_runs[0].lars_local_lr().values()))[0]
         paths.append(plot_lars_local_lr({r.label: r.lars_local_lr() for r in lars_runs},
                                         os.path.join(out_dir, "lars_local_lr.png"),
-                                        xlabel=_step_label(lars_runs[0], x)))
+                                        xlabel=_step_label(lars_runs[0], x),
+                                        title=first_seed_title))
     return paths
 
 
@@ -270,8 +274,9 @@ def _plot_seed_sweep(runs: Sequence[Run], manifest: Mapping, sweep_dir: str, out
         metric = "best_test_accuracy"
     bound = manifest.get("loss_upper_bound")
     scores = {r.label: run_metrics(r.results, loss_upper_bound=bound) for r in runs}
-    title = manifest.get("title") or os.path.basename(os.path.normpath(sweep_dir))
-    title += f" (mean +- std over seeds {', '.join(map(str, manifest['seeds']))})"
+    name = manifest.get("title") or os.path.basename(os.path.normpath(sweep_dir))
+    title = f"{name} (mean +- std over seeds {', '.join(map(str, manifest['seeds']))})"
+    first_seed_title = f"{name} (seed {manifest['seeds'][0]} of each point)"
     paths = []
     points = seed_points(base_lr_points(runs, scores, metric=metric,
                                         lr_key=manifest.get("base_lr_key")))
@@ -288,7 +293,8 @@ def _plot_seed_sweep(runs: Sequence[Run], manifest: Mapping, sweep_dir: str, out
             return -mean if mean is not None else math.inf
         groups = dict(sorted(groups.items(), key=key)[:MAX_CURVES])
         title = f"{title} ({MAX_CURVES} best grid points by mean {metric})"
-    paths += _common_plots(runs, out_dir, title, groups=groups)
+    paths += _common_plots(runs, out_dir, title, groups=groups,
+                           first_seed_title=first_seed_title)
     by_m = {label: group[0].repeats for label, group in groups.items() if group[0].repeats}
     if len(set(by_m.values())) > 1:
         ms = sorted(set(by_m.values()))

@@ -16,6 +16,7 @@ from keras_largebatch.studies import sweep as sw
 from keras_largebatch.studies.manifest import SWEEP_FILE, read_manifest
 from keras_largebatch.studies.summary import point_rows, summary_rows, write_summary
 
+from .test_plot import _epochs, _write_run
 from .test_sweep import _sweep_cli, fake_python  # noqa: F401  (fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -216,3 +217,34 @@ def test_figures_of_a_seeded_sweep_are_means_with_error_bars(seeded_sweep):
         ("a", 2, False), ("b", 0, True)]
     assert points[0]["accuracy"] == pytest.approx(0.75)
     assert points[0]["accuracy_std"] == pytest.approx(np.std([0.7, 0.8], ddof=1))
+
+
+def test_gradient_norm_of_a_seeded_sweep_is_the_mean_and_per_update_figures_say_first_seed(
+        tmp_path, monkeypatch):
+    """Each grid point's gradient norm is the mean over its seeds with a sample-std band;
+    the per-update figure (batch size per update) shows seed 0 and its title says so."""
+    norms = {("a", 0): [3.0, 2.0, 1.0], ("a", 1): [5.0, 2.5, 2.0], ("b", 0): [1.0, 1.0, 0.5],
+             ("b", 1): [1.5, 0.5, 0.5]}
+    for (point, seed), values in norms.items():
+        _write_run(tmp_path / f"{point}__seed={seed}", epochs=_epochs([0.5, 0.6, 0.7]),
+                   config="train.batch_size = 32\n",
+                   scalars={"train/gradient_norm": list(zip([1, 2, 3], values)),
+                            "ba/batch_size": [(i, 32 + 32 * seed) for i in range(5)]})
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({
+        "title": "norms", "metric": "final_test_accuracy", "seeds": [0, 1],
+        "order": [f"{p}__seed={s}" for p, s in norms], "runs": {}}))
+    seen = {}
+    monkeypatch.setattr(plot, "plot_gradient_norm", lambda curves, path, **kw: seen.update(
+        norm=(curves, kw["bands"], kw["title"])) or path)
+    monkeypatch.setattr(plot, "plot_batch_size_per_update", lambda curves, path, **kw: seen.update(
+        sizes=(curves, kw["title"])) or path)
+    plot.plot_sweep(str(tmp_path))
+    curves, bands, title = seen["norm"]
+    for point in ("a", "b"):
+        both = np.array([norms[point, 0], norms[point, 1]])
+        np.testing.assert_allclose(curves[point][1], both.mean(axis=0))
+        np.testing.assert_allclose(bands[point], both.std(axis=0, ddof=1))
+    assert "mean +- std over seeds 0, 1" in title
+    sizes, title = seen["sizes"]
+    assert set(np.asarray(sizes["a"][1])) == {32.0}  # seed 0's batch, not a mean with seed 1's
+    assert "seed 0 of each point" in title and "mean" not in title
