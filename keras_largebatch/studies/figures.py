@@ -14,6 +14,7 @@ mean +- std), and `accuracy_std` per point of the base-LR figure (error bars).
     plot_batch_size_per_update  batch size of every update              seed 002 Figs 3, 5
     plot_gradient_norm          gradient L2 norm over training          seed 003 Fig. 4
     plot_lars_local_lr          LARS local LR per layer over training   seed 004 Fig. 2
+                                (coloured by kind above 10 variables)
 """
 
 from __future__ import annotations
@@ -165,11 +166,24 @@ def plot_gradient_norm(curves: Mapping[str, Curve], path: str, *, xlabel: str = 
     return _save(fig, path)
 
 
+# Above this many variables a panel colours its lines by kind (one legend entry per kind):
+# AlexNet-BN has 23 LARS variables, and 23 legend entries cover the panel.
+MAX_VARIABLES_IN_LEGEND = 10
+_KINDS = {"kernel": "kernels", "bias": "biases", "gamma": "BN gamma", "beta": "BN beta"}
+
+
+def variable_kind(name: str) -> str:
+    """'conv1_bn/gamma' -> 'BN gamma': what a LARS variable is, from its path's last part."""
+    return _KINDS.get(name.rsplit("/", 1)[-1], "other")
+
+
 def plot_lars_local_lr(panels: Mapping[str, Mapping[str, Curve]], path: str, *,
                        xlabel: str = "epoch", title: str | None = None) -> str:
     """Seed 004 Fig. 2: LARS local LR per layer over training, one panel per run.
 
-    `panels`: {run label: {variable: (steps, local_lr)}}; `title` above all panels.
+    `panels`: {run label: {variable: (steps, local_lr)}}; `title` above all panels. A panel
+    with more than MAX_VARIABLES_IN_LEGEND variables draws one colour per kind (kernels,
+    biases, BN gamma, BN beta) with one legend entry each, so the lines stay visible.
     """
     n = max(1, len(panels))
     cols = min(n, 3)
@@ -177,12 +191,24 @@ def plot_lars_local_lr(panels: Mapping[str, Mapping[str, Curve]], path: str, *,
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows), dpi=100)
     for i, (label, layers) in enumerate(panels.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
+        by_kind = len(layers) > MAX_VARIABLES_IN_LEGEND
+        counts = {k: sum(variable_kind(v) == k for v in layers)
+                  for k in [*_KINDS.values(), "other"]}
+        kinds = [k for k, c in counts.items() if c]
+        first_line = {}  # kind -> its first line, the one in the legend
         for layer, (x, y) in layers.items():
-            ax.plot(x, y, label=layer, linewidth=1.2)
+            if not by_kind:
+                ax.plot(x, y, label=layer, linewidth=1.2)
+                continue
+            kind = variable_kind(layer)
+            (line,) = ax.plot(x, y, color=f"C{kinds.index(kind)}", linewidth=1.0, alpha=0.8,
+                              label=f"{kind} ({counts[kind]})")
+            first_line.setdefault(kind, line)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.set(xlabel=xlabel, ylabel=r"local LR $\lambda^l$", title=label)
-        ax.legend(fontsize="x-small")
+        ax.legend(handles=[first_line[k] for k in kinds] if by_kind else None,
+                  fontsize="x-small")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

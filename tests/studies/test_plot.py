@@ -96,6 +96,28 @@ def test_every_plot_function_renders_a_png(tmp_path):
         assert data.startswith(PNG) and len(data) > 5000, path
 
 
+def test_lars_panel_with_many_variables_has_one_legend_entry_per_kind(tmp_path, monkeypatch):
+    from keras_largebatch.studies import figures
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
+    curve = ([1, 2, 3], [1e-2, 2e-2, 3e-2])
+    many = {f"conv{i}/kernel": curve for i in range(5)}  # 26 variables, 4 kinds
+    many |= {f"conv{i}_bn/{p}": curve for i in range(5) for p in ("gamma", "beta")}
+    many |= {"fc1/kernel": curve, "logits/kernel": curve, "logits/bias": curve} | {
+        f"fc{i}_bn/{p}": curve for i in (1, 2, 3, 4) for p in ("gamma", "beta")}
+    few = {"conv1/kernel": curve, "fc/kernel": curve}
+    plot.plot_lars_local_lr({"bn": many, "no bn": few}, str(tmp_path / "x.png"))
+    bn_ax, few_ax = figs[0].axes
+    assert len(bn_ax.get_lines()) == 26 and len(few_ax.get_lines()) == 2
+    legend = [t.get_text() for t in bn_ax.get_legend().get_texts()]
+    assert legend == ["kernels (7)", "biases (1)", "BN gamma (9)", "BN beta (9)"]
+    colours = {}
+    for line, name in zip(bn_ax.get_lines(), many):
+        colours.setdefault(figures.variable_kind(name), set()).add(line.get_color())
+    assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == 4
+    assert [t.get_text() for t in few_ax.get_legend().get_texts()] == list(few)
+
+
 def test_read_scalars_keeps_the_last_value_of_a_rewritten_step(lars_run):
     scalars = plot.read_scalars(str(lars_run / "tensorboard"))
     steps, values = scalars["train/loss"]
