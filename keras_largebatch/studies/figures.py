@@ -79,6 +79,16 @@ def plot_test_error(curves: Mapping[str, Curve], path: str, *,
     return _save(fig, path)
 
 
+def _curve_key(point: Mapping) -> tuple[int, int]:
+    """(batch size, BN batch) of a point; BN batch 0 = ordinary BN or none."""
+    return int(point["batch_size"]), int(point.get("bn_batch_size") or 0)
+
+
+def _curve_label(key: tuple[int, int]) -> str:
+    m, bn = key
+    return f"m = {m}, BN batch {bn}" if bn else f"m = {m}"
+
+
 def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
                              ylabel: str = "test accuracy (%)",
                              title: str = "Test accuracy vs base learning rate") -> str:
@@ -87,8 +97,9 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
     `points`: dicts with batch_size, base_lr, accuracy (fraction), diverged (bool), an
     optional accuracy_std (fraction: error bars, the std over seeds) and an optional variant
     (e.g. warmup / no_warmup: one panel each, as seed 001 Figs 1 and 16 are separate figures).
-    Diverged runs are an x near the bottom of the axis in their batch size's colour, one row
-    per batch size.
+    Points with a bn_batch_size (ghost BN, seed 001 Fig. 13: the SGD batch fixed, the BN batch
+    varied) get one curve per (batch size, BN batch). Diverged runs are an x near the bottom of
+    the axis in their curve's colour, one row per curve.
     """
     panels: dict[str, list[Mapping]] = {}
     for p in points:
@@ -96,23 +107,23 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
     fig = Figure(figsize=(6.4 * max(1, len(panels)) * 0.8 + 1.3, 4.2), dpi=100)
     axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
     cmap = matplotlib.colormaps["viridis"]
-    sizes = sorted({int(p["batch_size"]) for p in points})
+    sizes = sorted({_curve_key(p) for p in points})
     colors = {m: cmap(i / max(1, len(sizes) - 1)) for i, m in enumerate(sizes)}
     lrs = [p["base_lr"] for p in points]
     for ax, (variant, group_points) in zip(axes, panels.items() or [("", [])]):
         failed = []
         for m in sizes:
-            group = sorted((p for p in group_points if int(p["batch_size"]) == m),
+            group = sorted((p for p in group_points if _curve_key(p) == m),
                            key=lambda p: p["base_lr"])
             ok = [p for p in group if not p["diverged"] and p["accuracy"] is not None
                   and math.isfinite(p["accuracy"])]
             if any(p.get("accuracy_std") is not None for p in ok):
                 ax.errorbar([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok],
                             yerr=[100 * (p.get("accuracy_std") or 0.0) for p in ok], fmt="o-",
-                            color=colors[m], label=f"m = {m}", capsize=3)
+                            color=colors[m], label=_curve_label(m), capsize=3)
             else:
                 ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
-                        color=colors[m], label=f"m = {m}")
+                        color=colors[m], label=_curve_label(m))
             row = 0.03 + 0.035 * sizes.index(m)  # one row of x per batch size: no overlaps
             failed += [(p["base_lr"], row, colors[m]) for p in group if p not in ok]
         if failed:  # at the bottom of the axis (x in data, y in axes coordinates)

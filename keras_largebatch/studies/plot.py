@@ -187,7 +187,7 @@ def base_lr_points(runs: Sequence[Run], scores: Mapping[str, dict], *, metric: s
         lr, m = r.base_lr(lr_key), r.batch_size
         if lr is not None and m:
             points.append({"run": r.label, "variant": r.variant, "batch_size": m, "base_lr": lr,
-                           "accuracy": scores[r.label][metric],
+                           "bn_batch_size": r.bn_batch_size, "accuracy": scores[r.label][metric],
                            "diverged": scores[r.label]["status"] == rs.DIVERGED})
     return points
 

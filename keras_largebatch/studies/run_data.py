@@ -168,6 +168,16 @@ class Run:
         m = m or number(self.config.get("train.batch_size"))
         return int(m) if m and math.isfinite(m) else None
 
+    @property
+    def bn_batch_size(self) -> int | None:
+        """The ghost-BN batch (seed 001 3.6) bound on the model, e.g.
+        `alexnet_reduced.bn_batch_size = 8`; None for ordinary BN or no binding."""
+        for key, value in self.config.items():
+            if key.endswith(".bn_batch_size"):
+                m = number(value)
+                return int(m) if m and math.isfinite(m) else None
+        return None
+
     def base_lr(self, lr_key: str | None = None) -> float | None:
         """eta~ = eta / m of seed 001 from the run's LR binding and scaling rule."""
         lr = number(self.config.get(lr_key or "train.learning_rate"))

@@ -190,6 +190,33 @@ def test_warmup_variants_get_one_panel_each_not_one_mixed_curve(tmp_path):
     assert width["two"] > 1.7 * width["one"]  # two panels side by side
 
 
+def test_bn_batches_at_one_sgd_batch_get_one_curve_each(tmp_path, monkeypatch):
+    """seed 001 Fig. 13: SGD batch 128 with BN batch 8 / 32 / 128 are three curves (each over
+    the base LRs), not one zigzag through nine points of "m = 128"."""
+    from keras_largebatch.studies import figures
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
+    runs, acc = [], {8: 0.8, 32: 0.7, 128: 0.6}
+    for bn in (8, 32, 128):
+        for lr in (2.0 ** -8, 2.0 ** -6):
+            name = f"bn_batch_size={bn}__StepDecay.initial={lr:g}"
+            runs.append(plot.Run(str(_write_run(
+                tmp_path / name, epochs=_epochs([acc[bn]], batch_size=128),
+                config=f"train.batch_size = 128\nalexnet_reduced.bn_batch_size = {bn}\n"
+                       f"StepDecay.initial = {lr!r}\ntrain.lr_scaling = 'linear'\n"))))
+    plain = plot.Run(str(_write_run(tmp_path / "plain", epochs=_epochs([0.5], batch_size=128),
+                                    config="alexnet_reduced.bn_batch_size = None\n")))
+    assert [r.bn_batch_size for r in runs[::2]] == [8, 32, 128] and plain.bn_batch_size is None
+    scores = {r.label: {"status": "completed", "acc": r.epochs[0]["test_accuracy"]}
+              for r in runs}
+    points = plot.base_lr_points(runs, scores, metric="acc", lr_key="StepDecay.initial")
+    plot.plot_accuracy_vs_base_lr(points, str(tmp_path / "bn.png"))
+    (ax,) = figs[0].axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines == {"m = 128, BN batch 8": [80.0, 80.0], "m = 128, BN batch 32": [70.0, 70.0],
+                     "m = 128, BN batch 128": [60.0, 60.0]}
+
+
 def test_cli_rejects_a_missing_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "keras_largebatch.studies.plot",
                            str(tmp_path / "nope")],
