@@ -99,7 +99,8 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
     (e.g. warmup / no_warmup: one panel each, as seed 001 Figs 1 and 16 are separate figures).
     Points with a bn_batch_size (ghost BN, seed 001 Fig. 13: the SGD batch fixed, the BN batch
     varied) get one curve per (batch size, BN batch). Diverged runs are an x near the bottom of
-    the axis in their curve's colour, one row per curve.
+    the axis in their curve's colour, one row per curve. A mean over seeds of which some
+    diverged (seeds < runs in the point) is labelled "2/3 seeds".
     """
     panels: dict[str, list[Mapping]] = {}
     for p in points:
@@ -121,6 +122,11 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
                 ax.errorbar([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok],
                             yerr=[100 * (p.get("accuracy_std") or 0.0) for p in ok], fmt="o-",
                             color=colors[m], label=_curve_label(m), capsize=3)
+            for p in ok:  # a mean over only the seeds that did not diverge says so
+                if p.get("runs") and p.get("seeds") is not None and p["seeds"] < p["runs"]:
+                    ax.annotate(f"{p['seeds']}/{p['runs']} seeds", (p["base_lr"],
+                                100 * p["accuracy"]), xytext=(4, -12),
+                                textcoords="offset points", fontsize="x-small", color=colors[m])
             else:
                 ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
                         color=colors[m], label=_curve_label(m))

@@ -251,7 +251,8 @@ def plot_sweep(sweep_dir: str, *, runs_glob: str | None = None,
 
 def seed_points(points: Sequence[Mapping]) -> list[dict]:
     """`base_lr_points` of a sweep with seeds -> one point per grid point: accuracy = mean over
-    the seeds that did not diverge, accuracy_std their sample std; diverged when all did."""
+    the seeds that did not diverge (`seeds` of them, out of `runs`), accuracy_std their sample
+    std; diverged when all did."""
     groups: dict[str, list[Mapping]] = {}
     for p in points:
         groups.setdefault(split_name(p["run"])[0], []).append(p)
@@ -261,7 +262,7 @@ def seed_points(points: Sequence[Mapping]) -> list[dict]:
         mean, std, n = mean_std(ok)
         head = point.split("__")[0]
         out.append({**group[0], "run": point, "accuracy": mean, "accuracy_std": std,
-                    "seeds": n, "diverged": mean is None,
+                    "seeds": n, "runs": len(group), "diverged": mean is None,
                     "variant": head if "__" in point and "=" not in head else None})
     return out
 

@@ -213,10 +213,25 @@ def test_figures_of_a_seeded_sweep_are_means_with_error_bars(seeded_sweep):
         {"run": "a__seed=2", "batch_size": 8, "base_lr": 0.1, "accuracy": 0.1, "diverged": True},
         {"run": "b__seed=0", "batch_size": 8, "base_lr": 1.0, "accuracy": 0.1, "diverged": True},
     ])
-    assert [(p["run"], p["seeds"], p["diverged"]) for p in points] == [
-        ("a", 2, False), ("b", 0, True)]
+    assert [(p["run"], p["seeds"], p["runs"], p["diverged"]) for p in points] == [
+        ("a", 2, 3, False), ("b", 0, 1, True)]
     assert points[0]["accuracy"] == pytest.approx(0.75)
     assert points[0]["accuracy_std"] == pytest.approx(np.std([0.7, 0.8], ddof=1))
+
+
+def test_a_mean_over_the_seeds_that_did_not_diverge_is_labelled_with_their_count(
+        tmp_path, monkeypatch):
+    """A point whose mean leaves out diverged seeds must not look like a full 3-seed mean."""
+    from keras_largebatch.studies import figures
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
+    runs = [("a", 0.1, [0.7, 0.8, None]), ("b", 1.0, [0.6, 0.65, 0.7])]
+    points = plot.seed_points([
+        {"run": f"{name}__seed={i}", "batch_size": 8, "base_lr": lr, "accuracy": acc or 0.1,
+         "diverged": acc is None} for name, lr, accs in runs for i, acc in enumerate(accs)])
+    plot.plot_accuracy_vs_base_lr(points, str(tmp_path / "x.png"))
+    assert [t.get_text() for t in figs[0].axes[0].texts] == ["2/3 seeds"]
+    assert figs[0].axes[0].texts[0].xy == pytest.approx((0.1, 75.0))
 
 
 def test_gradient_norm_of_a_seeded_sweep_is_the_mean_and_per_update_figures_say_first_seed(
