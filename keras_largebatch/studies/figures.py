@@ -122,14 +122,14 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
                 ax.errorbar([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok],
                             yerr=[100 * (p.get("accuracy_std") or 0.0) for p in ok], fmt="o-",
                             color=colors[m], label=_curve_label(m), capsize=3)
+            else:
+                ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
+                        color=colors[m], label=_curve_label(m))
             for p in ok:  # a mean over only the seeds that did not diverge says so
                 if p.get("runs") and p.get("seeds") is not None and p["seeds"] < p["runs"]:
                     ax.annotate(f"{p['seeds']}/{p['runs']} seeds", (p["base_lr"],
                                 100 * p["accuracy"]), xytext=(4, -12),
                                 textcoords="offset points", fontsize="x-small", color=colors[m])
-            else:
-                ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
-                        color=colors[m], label=_curve_label(m))
             row = 0.03 + 0.035 * sizes.index(m)  # one row of x per batch size: no overlaps
             failed += [(p["base_lr"], row, colors[m]) for p in group if p not in ok]
         if failed:  # at the bottom of the axis (x in data, y in axes coordinates)

@@ -230,8 +230,10 @@ def test_a_mean_over_the_seeds_that_did_not_diverge_is_labelled_with_their_count
         {"run": f"{name}__seed={i}", "batch_size": 8, "base_lr": lr, "accuracy": acc or 0.1,
          "diverged": acc is None} for name, lr, accs in runs for i, acc in enumerate(accs)])
     plot.plot_accuracy_vs_base_lr(points, str(tmp_path / "x.png"))
-    assert [t.get_text() for t in figs[0].axes[0].texts] == ["2/3 seeds"]
-    assert figs[0].axes[0].texts[0].xy == pytest.approx((0.1, 75.0))
+    (ax,) = figs[0].axes
+    assert [t.get_text() for t in ax.texts] == ["2/3 seeds"]
+    assert ax.texts[0].xy == pytest.approx((0.1, 75.0))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["m = 8"]  # one curve
 
 
 def test_gradient_norm_of_a_seeded_sweep_is_the_mean_and_per_update_figures_say_first_seed(
