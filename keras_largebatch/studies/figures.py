@@ -108,30 +108,30 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
     fig = Figure(figsize=(6.4 * max(1, len(panels)) * 0.8 + 1.3, 4.2), dpi=100)
     axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
     cmap = matplotlib.colormaps["viridis"]
-    sizes = sorted({_curve_key(p) for p in points})
-    colors = {m: cmap(i / max(1, len(sizes) - 1)) for i, m in enumerate(sizes)}
+    curves = sorted({_curve_key(p) for p in points})  # (batch size, BN batch)
+    colors = {c: cmap(i / max(1, len(curves) - 1)) for i, c in enumerate(curves)}
     lrs = [p["base_lr"] for p in points]
     for ax, (variant, group_points) in zip(axes, panels.items() or [("", [])]):
         failed = []
-        for m in sizes:
-            group = sorted((p for p in group_points if _curve_key(p) == m),
+        for curve in curves:
+            group = sorted((p for p in group_points if _curve_key(p) == curve),
                            key=lambda p: p["base_lr"])
             ok = [p for p in group if not p["diverged"] and p["accuracy"] is not None
                   and math.isfinite(p["accuracy"])]
             if any(p.get("accuracy_std") is not None for p in ok):
                 ax.errorbar([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok],
                             yerr=[100 * (p.get("accuracy_std") or 0.0) for p in ok], fmt="o-",
-                            color=colors[m], label=_curve_label(m), capsize=3)
+                            color=colors[curve], label=_curve_label(curve), capsize=3)
             else:
                 ax.plot([p["base_lr"] for p in ok], [100 * p["accuracy"] for p in ok], "o-",
-                        color=colors[m], label=_curve_label(m))
+                        color=colors[curve], label=_curve_label(curve))
             for p in ok:  # a mean over only the seeds that did not diverge says so
                 if p.get("runs") and p.get("seeds") is not None and p["seeds"] < p["runs"]:
                     ax.annotate(f"{p['seeds']}/{p['runs']} seeds", (p["base_lr"],
                                 100 * p["accuracy"]), xytext=(4, -12),
-                                textcoords="offset points", fontsize="x-small", color=colors[m])
-            row = 0.03 + 0.035 * sizes.index(m)  # one row of x per batch size: no overlaps
-            failed += [(p["base_lr"], row, colors[m]) for p in group if p not in ok]
+                                textcoords="offset points", fontsize="x-small", color=colors[curve])
+            row = 0.03 + 0.035 * curves.index(curve)  # one row of x per curve: no overlaps
+            failed += [(p["base_lr"], row, colors[curve]) for p in group if p not in ok]
         if failed:  # at the bottom of the axis (x in data, y in axes coordinates)
             ax.scatter([x for x, _, _ in failed], [y for _, y, _ in failed], marker="x", s=40,
                        c=[c for _, _, c in failed], transform=ax.get_xaxis_transform(),
@@ -142,7 +142,7 @@ def plot_accuracy_vs_base_lr(points: Sequence[Mapping], path: str, *,
         ax.set(xlabel=r"base learning rate $\tilde\eta = \eta / m$",
                title=f"{title}: {variant}" if variant else title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", ncol=2 if len(sizes) > 5 else 1)
+        ax.legend(fontsize="small", ncol=2 if len(curves) > 5 else 1)
     axes[0].set_ylabel(ylabel)
     return _save(fig, path)
 
