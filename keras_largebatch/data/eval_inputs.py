@@ -8,9 +8,11 @@ Rule (N examples, W workers, L replicas per worker, R = W * L, eval batch B):
   arrays (sizes differ by at most one), its tfds sub-split for sharded readers
   (data/tfds_shards.py), or every W-th example (`Dataset.shard`) of a plain example dataset;
 - every worker pads its share with invalid rows (zero images, `valid = False`) to the same
-  length `steps * b * L`, b = ceil(B / R) per replica, steps = ceil(ceil(N / W) / (b * L)), so
-  all replicas of all workers run the same number of full batches (no partial batch, no
-  collective waiting for a worker that has run out);
+  length `steps * b * L`, b = min(ceil(B / R), ceil(ceil(N / W) / L)) per replica (no larger
+  than a replica's share: an eval batch above the split's size is the whole split, not a
+  pile of padding rows), steps = ceil(ceil(N / W) / (b * L)), so all replicas of all workers
+  run the same number of full batches (no partial batch, no collective waiting for a worker
+  that has run out);
 - elements are (normalised images, labels, valid); the evaluation sums loss, correct and count
   over valid rows only and all-reduces the sums (SUM), so the totals are the same on every
   worker and each example counts once. With one replica the batches are those of the
@@ -62,8 +64,9 @@ def eval_dataset_fn(source: DataSource, *, split: str = "test", batch_size: int 
         ctx = ctx or tf.distribute.InputContext()
         workers, replicas = ctx.num_input_pipelines, ctx.num_replicas_in_sync
         local = replicas // workers
-        b = math.ceil(batch_size / replicas)
-        steps = max(1, math.ceil(math.ceil(num / workers) / (b * local)))
+        share = math.ceil(num / workers)  # the largest worker share
+        b = max(1, min(math.ceil(batch_size / replicas), math.ceil(share / local)))
+        steps = max(1, math.ceil(share / (b * local)))
         padding = tf.data.Dataset.from_tensors(
             (tf.zeros(source.input_shape, tf.uint8), tf.constant(0, tf.int32), False)).repeat()
         ds = (

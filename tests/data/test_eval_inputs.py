@@ -36,14 +36,15 @@ def _rows(source, workers, replicas, **kw):
     return out
 
 
-@pytest.mark.parametrize("workers,replicas,batch", [(1, 1, 50), (1, 2, 50), (2, 2, 50),
-                                                    (2, 4, 64), (3, 3, 1000)])
-def test_every_example_in_exactly_one_valid_row(workers, replicas, batch):
+@pytest.mark.parametrize("workers,replicas,batch,b", [
+    (1, 1, 50, 50), (1, 2, 50, 25), (2, 2, 50, 25), (2, 4, 64, 16),
+    # batch above the split: a replica's batch is its share, 68 = ceil(203 / 3) (not 334)
+    (3, 3, 1000, 68), (2, 4, 10**20, 51)])  # 51 = ceil(ceil(203 / 2) / 2 local replicas)
+def test_every_example_in_exactly_one_valid_row(workers, replicas, batch, b):
     src = _index_source()
     per_worker = _rows(src, workers, replicas, batch_size=batch)
     valid_ids = np.concatenate([ids[v] for batches in per_worker for ids, _, v in batches])
     np.testing.assert_array_equal(np.sort(valid_ids), np.arange(src.num_test))
-    b = -(-batch // replicas)
     for batches in per_worker:  # same number of full batches on every worker
         assert len(batches) == len(per_worker[0]) and len(batches) % (replicas // workers) == 0
         assert all(len(ids) == b for ids, _, _ in batches)
