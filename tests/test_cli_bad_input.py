@@ -60,6 +60,12 @@ CASES = {
     "labels_out_of_range": ([B + "fashion_mnist.data_dir = '{tmp}/badlabels'"],
                             "labels outside 0..9"),
     "tf_config_without_port": ([], "is not host:port"),
+    # Values whose first symptom was not an error: 0 examples read as "all of them", and an
+    # astronomical epoch count hung before the first update (the phases are found per epoch).
+    "max_test_examples_zero": ([B + "fashion_mnist.max_test_examples = 0"],
+                               "fashion_mnist.max_test_examples=0 must be >= 1"),
+    "epochs_astronomical": ([B + "train.epochs = 10000000000000000000000"],
+                            "train.epochs=10000000000000000000000 is more than 1,000,000"),
     "unknown_flag": (["--epochz=3"], "Unknown command line flag 'epochz'"),
     "bool_flag_value": (["--overwrite=maybe"], "--overwrite=maybe"),
 }

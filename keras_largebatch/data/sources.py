@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from keras_largebatch import validate
 from keras_largebatch.data.idx import read_idx
 from keras_largebatch.data.tfds_shards import read_shard
 from keras_largebatch.errors import UserInputError
@@ -146,10 +147,11 @@ def fashion_mnist(
     if max_train_examples is None and max_test_examples is None:
         return source
     (x, y), (xt, yt) = source.train_arrays, source.test_arrays
-    n, nt = max_train_examples or len(x), max_test_examples or len(xt)
-    for what, value in (("max_train_examples", n), ("max_test_examples", nt)):
-        if not 0 < value:
-            raise UserInputError(f"fashion_mnist.{what} must be positive; got {value}")
+    n, nt = (len(part) if value is None else validate.whole(
+        f"fashion_mnist.{what}", value, minimum=1,
+        fix="give a whole number of examples, or None for all of them")
+        for what, value, part in (("max_train_examples", max_train_examples, x),
+                                  ("max_test_examples", max_test_examples, xt)))
     return dataclasses.replace(source, num_train=min(n, len(x)), num_test=min(nt, len(xt)),
                                train_arrays=(x[:n], y[:n]), test_arrays=(xt[:nt], yt[:nt]))
 

@@ -25,6 +25,10 @@ from keras_largebatch.schedules.scaling import RULES as LR_SCALING_RULES
 from keras_largebatch.training.precision import PRECISIONS
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
+# The most epochs a run may ask for: the batch schedule's phases are found epoch by epoch
+# (schedules/batch.py), so an astronomically large `train.epochs` (a typo, 10**22) would hang
+# before the first update instead of failing; a million is far beyond any real schedule.
+MAX_EPOCHS = 1_000_000
 
 
 def _positive_int(name: str, value) -> int:
@@ -80,7 +84,9 @@ class OptimizationConfig:
     precision: str = "float32"           # Keras dtype policy: "mixed_bfloat16" | "mixed_float16"
 
     def __post_init__(self):
-        _positive_int("train.epochs", self.epochs)
+        if _positive_int("train.epochs", self.epochs) > MAX_EPOCHS:
+            raise UserInputError(f"train.epochs={self.epochs!r} is more than {MAX_EPOCHS:,} "
+                                 f"epochs; give the number of passes over the training set")
         _positive_int("train.batch_size", self.batch_size)
         if not isinstance(self.learning_rate, keras.optimizers.schedules.LearningRateSchedule):
             if not validate.is_real(self.learning_rate) or not self.learning_rate > 0 or (

@@ -27,6 +27,26 @@ def test_missing_directory_says_how_to_install(tmp_path):
         get_source("fashion_mnist", data_dir=str(tmp_path / "absent"))
 
 
+def test_max_examples_keep_the_first_ones_and_none_keeps_all():
+    full = get_source("fashion_mnist")
+    s = get_source("fashion_mnist", max_train_examples=300, max_test_examples=None)
+    assert (s.num_train, s.num_test) == (300, 10000)
+    np.testing.assert_array_equal(s.train_arrays[1], full.train_arrays[1][:300])
+    assert get_source("fashion_mnist", max_train_examples=10**9).num_train == 60000
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("max_test_examples", 0, "max_test_examples=0 must be >= 1"),   # 0 once meant "all"
+    ("max_train_examples", -5, "max_train_examples=-5 must be >= 1"),
+    ("max_train_examples", 2500.5, "max_train_examples=2500.5 is not a whole number"),
+    ("max_test_examples", "300", "max_test_examples='300' is not a whole number"),
+    ("max_train_examples", True, "max_train_examples=True is not a whole number"),
+])
+def test_bad_max_examples_name_the_binding(name, value, says):
+    with pytest.raises(UserInputError, match=f"^fashion_mnist.{says}"):
+        get_source("fashion_mnist", **{name: value})
+
+
 @pytest.mark.parametrize("name,shape,classes", [("cifar10", (32, 32, 3), 10),
                                                 ("cifar100", (32, 32, 3), 100)])
 def test_cifar_through_tfds_mock(name, shape, classes):
