@@ -118,6 +118,14 @@ def sweep(
     `base_lr_key` names the binding that holds the run's LR for the seed-001 plot (default
     `train.learning_rate`); the plot converts it to eta/m with the run's scaling rule.
     """
+    for name, value, example in (("grid", grid, "{'train.batch_size': [32, 64]}"),
+                                 ("variants", variants, "{'name': ['train.epochs = 3']}")):
+        if value is not None and not isinstance(value, Mapping):
+            raise UserInputError(f"sweep.{name} must be a dict like {example}; got {value!r}")
+    for name, value in (("base_gin_files", base_gin_files), ("base_bindings", base_bindings)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise UserInputError(f"sweep.{name} must be a list of strings (in [...]); got "
+                                 f"{value!r}")
     grid = dict(grid or {})
     variants = dict(variants or {})
     if metric not in METRICS:

@@ -195,6 +195,16 @@ def test_sweep_cli_refuses_a_variant_outside_the_sweep_folder(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["study.gin"]
 
 
+def test_sweep_cli_refuses_a_string_where_a_list_belongs(tmp_path):
+    path = tmp_path / "study.gin"
+    path.write_text("sweep.base_gin_files = 'gin/tests/tiny.gin'\n"
+                    "sweep.grid = {'train.learning_rate': [0.1]}\n")
+    proc = _cli("keras_largebatch.studies.sweep", f"--gin_file={path}",
+                f"--sweep_dir={tmp_path / 'out'}", "--noplot")
+    _one_error(proc, "sweep.base_gin_files must be a list of strings")
+    assert sorted(os.listdir(tmp_path)) == ["study.gin"]
+
+
 def test_sweep_cli_refuses_parallel_zero(tmp_path, study):
     proc = _cli("keras_largebatch.studies.sweep", f"--gin_file={study}",
                 f"--sweep_dir={tmp_path / 'out'}", "--parallel=0")

@@ -60,6 +60,13 @@ def test_study_is_variants_times_grid_with_later_bindings_winning():
      "sweep.grid also varies"),
     ({"grid": {"x.y": [1]}, "base_gin_files": ["gin/nope.gin"]}, "'gin/nope.gin', which does"),
     ({"grid": {"x.y": [1.0, 1]}}, "both named 'y=1'"),
+    # one string where a list belongs (it used to be read letter by letter)
+    ({"grid": {"x.y": [1]}, "base_bindings": "train.epochs = 1"},
+     "sweep.base_bindings must be a list of strings"),
+    ({"grid": {"x.y": [1]}, "base_gin_files": "gin/tests/tiny.gin"},
+     "sweep.base_gin_files must be a list of strings"),
+    ({"variants": ["train.epochs = 1"]}, "sweep.variants must be a dict"),
+    ({"grid": [("train.batch_size", [1])]}, "sweep.grid must be a dict"),
 ])
 def test_bad_studies_name_the_value(kwargs, message):
     with pytest.raises(UserInputError, match=message.replace("(", r"\(")):
