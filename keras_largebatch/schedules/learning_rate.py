@@ -118,7 +118,7 @@ def as_schedule(value, name: str = "schedule") -> EpochSchedule:
     if isinstance(value, EpochSchedule):
         return value
     if validate.is_real(value):
-        return Constant(value)
+        return Constant(_check_rate(name, value))  # the error names `name`, not "value"
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         raise UserInputError(
             f"{name}={value!r} is a step-keyed Keras schedule; nest only keras_largebatch "

@@ -262,6 +262,8 @@ def test_progress_set_after_construction_is_followed(fresh_default_progress):
         (lambda: PolynomialDecay(0.1, 0.0, 10, start_epoch=10), "start_epoch=10"),
         (lambda: PolynomialDecay(-0.1, 0.0, 10), "initial=-0.1"),
         (lambda: Constant(float("nan")), "value=nan"),
+        (lambda: LinearWarmup(-0.1, warmup_epochs=1), "after=-0.1"),  # not "value=-0.1"
+        (lambda: BatchScaled(-0.5, AdaBatch(8, 1)), "schedule=-0.5"),
         (lambda: Constant(0.1).value(-2.0), "epoch=-2.0"),
         (lambda: BatchScaled(0.1, AdaBatch(8, 1), rule="cubic"), "rule='cubic'"),
         (
