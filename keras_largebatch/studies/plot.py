@@ -84,12 +84,18 @@ def _curves_of(runs: Sequence[Run], build) -> dict:
 
 
 def _mean_curves_of(groups: Mapping[str, Sequence[Run]], build) -> tuple[dict, dict]:
-    """({point: (x, mean over seeds)}, {point: std}) of the seeds' curves (studies/seeds.py)."""
+    """({point: (x, mean over seeds)}, {point: std}) of the seeds' curves (studies/seeds.py).
+
+    A point where fewer seeds reach the curve's last x than ran (a seed diverged) is labelled
+    "<point> (k/n seeds)", so its mean is not read as a mean over all of them."""
     curves, bands = {}, {}
     for label, group in groups.items():
         parts = [c for c in (build(r) for r in group) if c is not None and len(c[0])]
         x, mean, std = mean_curve(parts)
         if x:
+            full = sum(1 for c in parts if max(c[0]) >= x[-1])
+            if full < len(group):
+                label = f"{label} ({full}/{len(group)} seeds)"
             curves[label], bands[label] = (x, mean), std
     return curves, bands
 
@@ -134,7 +140,8 @@ def _common_plots(runs: Sequence[Run], out_dir: str, title: str,
             title=f"Batch size per update: {one_title}"))
     norms, bands = curves_of(Run.gradient_norm)
     if norms:
-        first = next(r for r in runs if r.label in norms)
+        shown = {key.split(" (")[0] for key in norms}  # without a "(k/n seeds)" suffix
+        first = next(r for r in runs if r.label in shown)
         paths.append(plot_gradient_norm(norms, os.path.join(out_dir, "gradient_norm.png"),
                                         xlabel=_step_label(first, norms[first.label][0]),
                                         title=f"Gradient L2 norm: {title}", bands=bands))

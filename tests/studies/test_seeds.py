@@ -236,6 +236,30 @@ def test_a_mean_over_the_seeds_that_did_not_diverge_is_labelled_with_their_count
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["m = 8"]  # one curve
 
 
+def test_a_mean_curve_missing_a_diverged_seed_says_how_many_seeds_it_averages(
+        tmp_path, monkeypatch):
+    """Test error over epochs: a seed that diverged before its first epoch (no curve) or
+    stopped early is left out of the later mean, and the legend says so."""
+    accs = {("a", 0): [0.5, 0.6, 0.7], ("a", 1): [0.6, 0.7, 0.8], ("a", 2): [],
+            ("b", 0): [0.5, 0.6, 0.7], ("b", 1): [0.4, 0.5, 0.6], ("b", 2): [0.3],
+            ("c", 0): [0.5, 0.6, 0.7], ("c", 1): [0.4, 0.6, 0.6], ("c", 2): [0.3, 0.4, 0.5]}
+    for (point, seed), values in accs.items():
+        _write_run(tmp_path / f"{point}__seed={seed}", epochs=_epochs(values),
+                   status="diverged" if len(values) < 3 else "completed",
+                   config="train.batch_size = 32\n")
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({
+        "title": "t", "metric": "final_test_accuracy", "seeds": [0, 1, 2],
+        "order": [f"{p}__seed={s}" for p, s in accs], "runs": {}}))
+    seen = {}
+    monkeypatch.setattr(plot, "plot_test_error", lambda curves, path, **kw: seen.update(
+        curves=curves, bands=kw["bands"]) or path)
+    plot.plot_sweep(str(tmp_path))
+    assert sorted(seen["curves"]) == ["a (2/3 seeds)", "b (2/3 seeds)", "c"]
+    np.testing.assert_allclose(seen["curves"]["a (2/3 seeds)"][1], [45.0, 35.0, 25.0])
+    np.testing.assert_allclose(seen["curves"]["b (2/3 seeds)"][1],
+                               [100 - 40.0, 100 - 55.0, 100 - 65.0])  # epoch 1: 3 seeds
+
+
 def test_gradient_norm_of_a_seeded_sweep_is_the_mean_and_per_update_figures_say_first_seed(
         tmp_path, monkeypatch):
     """Each grid point's gradient norm is the mean over its seeds with a sample-std band;
