@@ -32,10 +32,18 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_whole(value) -> bool:
+    """A whole number: any int (never through float, which would call 10**22 + 1 not whole),
+    or a finite real with no fractional part (2.0 from a config); not a bool, nan or inf."""
+    if is_int(value):
+        return True
+    return is_real(value) and math.isfinite(value) and float(value).is_integer()
+
+
 def whole(name: str, value, *, minimum: int = 1,
           fix: str = "give a whole number") -> int:
     """`value` as an int if it is a whole number >= `minimum` (2.0 from a config is fine)."""
-    if not is_real(value) or not math.isfinite(value) or float(value) != int(value):
+    if not is_whole(value):
         raise UserInputError(f"{name}={value!r} is not a whole number; {fix}")
     if int(value) < minimum:
         raise UserInputError(f"{name}={value!r} must be >= {minimum}; {fix}")

@@ -66,6 +66,9 @@ CASES = {
                                "fashion_mnist.max_test_examples=0 must be >= 1"),
     "epochs_astronomical": ([B + "train.epochs = 10000000000000000000000"],
                             "train.epochs=10000000000000000000000 is more than 1,000,000"),
+    # inf ended as "OverflowError: cannot convert float infinity to integer", naming nothing.
+    "max_restores_infinite": ([B + "train.max_restores = 1e999"],
+                              "train.max_restores must be an integer >= 0; got inf"),
     "unknown_flag": (["--epochz=3"], "Unknown command line flag 'epochz'"),
     "bool_flag_value": (["--overwrite=maybe"], "--overwrite=maybe"),
 }

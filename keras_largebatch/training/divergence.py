@@ -68,8 +68,7 @@ class DivergenceGuard:
         if not (validate.is_real(lr_factor) and 0 < lr_factor < 1):
             raise UserInputError(f"train.divergence_lr_factor must be in (0, 1), e.g. 0.5; got "
                                  f"{lr_factor!r}")
-        if not (validate.is_real(max_restores) and float(max_restores) == int(max_restores)
-                and max_restores >= 0):
+        if not (validate.is_whole(max_restores) and max_restores >= 0):
             raise UserInputError(f"train.max_restores must be an integer >= 0; got "
                                  f"{max_restores!r}")
         self.mode = on_divergence

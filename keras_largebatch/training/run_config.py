@@ -13,7 +13,6 @@ reads only these objects. Units: epochs are epochs, batch sizes are global sampl
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,11 +32,8 @@ MAX_EPOCHS = 1_000_000
 
 
 def _positive_int(name: str, value) -> int:
-    """`value` as an int if it is a whole number > 0 (2.0 from a config is fine; an int is
-    never compared through float, which would call 10**22 + 1 not whole)."""
-    whole = validate.is_int(value) or (validate.is_real(value) and math.isfinite(value)
-                                       and float(value).is_integer())
-    if not whole or value <= 0:
+    """`value` as an int if it is a whole number > 0 (validate.is_whole: 2.0 is fine)."""
+    if not validate.is_whole(value) or value <= 0:
         raise UserInputError(f"{name} must be a positive int; got {value!r}")
     return int(value)
 
