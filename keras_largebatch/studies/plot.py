@@ -83,21 +83,22 @@ def _curves_of(runs: Sequence[Run], build) -> dict:
     return out
 
 
-def _mean_curves_of(groups: Mapping[str, Sequence[Run]], build) -> tuple[dict, dict]:
-    """({point: (x, mean over seeds)}, {point: std}) of the seeds' curves (studies/seeds.py).
+def _mean_curves_of(groups: Mapping[str, Sequence[Run]], build) -> tuple[dict, dict, dict]:
+    """({label: (x, mean over seeds)}, {label: std}, {label: point}) of the seeds' curves
+    (studies/seeds.py).
 
     A point where fewer seeds reach the curve's last x than ran (a seed diverged) is labelled
-    "<point> (k/n seeds)", so its mean is not read as a mean over all of them."""
-    curves, bands = {}, {}
-    for label, group in groups.items():
+    "<point> (k/n seeds)", so its mean is not read as a mean over all of them; the third
+    mapping gives each curve label's grid point."""
+    curves, bands, points = {}, {}, {}
+    for point, group in groups.items():
         parts = [c for c in (build(r) for r in group) if c is not None and len(c[0])]
         x, mean, std = mean_curve(parts)
         if x:
             full = sum(1 for c in parts if max(c[0]) >= x[-1])
-            if full < len(group):
-                label = f"{label} ({full}/{len(group)} seeds)"
-            curves[label], bands[label] = (x, mean), std
-    return curves, bands
+            label = point if full == len(group) else f"{point} ({full}/{len(group)} seeds)"
+            curves[label], bands[label], points[label] = (x, mean), std, point
+    return curves, bands, points
 
 
 def _common_plots(runs: Sequence[Run], out_dir: str, title: str,
@@ -119,15 +120,16 @@ def _common_plots(runs: Sequence[Run], out_dir: str, title: str,
         every = runs
 
         def curves_of(build):
-            return _curves_of(runs, build), None
-    errors, bands = curves_of(lambda r: _complement(r.series("test_accuracy", 100.0)))
+            curves = _curves_of(runs, build)
+            return curves, None, {label: label for label in curves}
+    errors, bands, _ = curves_of(lambda r: _complement(r.series("test_accuracy", 100.0)))
     if errors:
         paths.append(plot_test_error(errors, os.path.join(out_dir, "test_error.png"),
                                      title=f"Test error: {title}", bands=bands))
     # Seed 002 plots the loss on the whole training set (train.eval_train_set); use it when
     # every run has it, else the epoch's running mean (dropout on, weights moving).
     whole = all(r.series("full_train_loss")[0] for r in every)
-    losses, bands = curves_of(lambda r: r.series("full_train_loss" if whole else "train_loss"))
+    losses, bands, _ = curves_of(lambda r: r.series("full_train_loss" if whole else "train_loss"))
     if losses:
         paths.append(plot_train_loss(
             losses, os.path.join(out_dir, "train_loss.png"), title=f"Training loss: {title}",
@@ -138,12 +140,12 @@ def _common_plots(runs: Sequence[Run], out_dir: str, title: str,
         paths.append(plot_batch_size_per_update(
             sizes, os.path.join(out_dir, "batch_size_per_update.png"),
             title=f"Batch size per update: {one_title}"))
-    norms, bands = curves_of(Run.gradient_norm)
+    norms, bands, points = curves_of(Run.gradient_norm)
     if norms:
-        shown = {key.split(" (")[0] for key in norms}  # without a "(k/n seeds)" suffix
-        first = next(r for r in runs if r.label in shown)
+        label = next(iter(norms))
+        first = next(r for r in runs if r.label == points[label])
         paths.append(plot_gradient_norm(norms, os.path.join(out_dir, "gradient_norm.png"),
-                                        xlabel=_step_label(first, norms[first.label][0]),
+                                        xlabel=_step_label(first, norms[label][0]),
                                         title=f"Gradient L2 norm: {title}", bands=bands))
     lars_runs = [r for r in runs if r.lars_local_lr()][:6]
     if lars_runs:

@@ -289,3 +289,25 @@ def test_gradient_norm_of_a_seeded_sweep_is_the_mean_and_per_update_figures_say_
     sizes, title = seen["sizes"]
     assert set(np.asarray(sizes["a"][1])) == {32.0}  # seed 0's batch, not a mean with seed 1's
     assert "seed 0 of each point" in title and "mean" not in title
+
+
+def test_gradient_norm_figure_when_the_first_point_lost_a_seed(tmp_path, monkeypatch):
+    """The first point's curve is labelled "a (1/2 seeds)"; the figure still finds its run
+    (the x label comes from it) instead of failing on the bare point name."""
+    norms = {("a", 0): [3.0, 2.0, 1.0], ("a", 1): [5.0], ("b", 0): [1.0, 1.0, 0.5],
+             ("b", 1): [1.5, 0.5, 0.5]}
+    for (point, seed), values in norms.items():
+        _write_run(tmp_path / f"{point}__seed={seed}", epochs=_epochs([0.5, 0.6, 0.7]),
+                   status="diverged" if len(values) < 3 else "completed",
+                   config="train.batch_size = 32\n",
+                   scalars={"train/gradient_norm": list(zip([100, 200, 300], values))})
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({
+        "title": "norms", "metric": "final_test_accuracy", "seeds": [0, 1],
+        "order": [f"{p}__seed={s}" for p, s in norms], "runs": {}}))
+    seen = {}
+    monkeypatch.setattr(plot, "plot_gradient_norm", lambda curves, path, **kw: seen.update(
+        curves=curves, xlabel=kw["xlabel"]) or path)
+    plot.plot_sweep(str(tmp_path))
+    assert list(seen["curves"]) == ["a (1/2 seeds)", "b"]
+    np.testing.assert_allclose(seen["curves"]["a (1/2 seeds)"][1], [4.0, 2.0, 1.0])
+    assert seen["xlabel"] == "step"  # 300 updates > 3 epochs
