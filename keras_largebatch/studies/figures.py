@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -38,11 +39,29 @@ def _figure(width: float = 6.4, height: float = 4.2):
     return fig, fig.add_subplot()
 
 
+def _fit_titles(fig) -> None:
+    """Wrap every title wider than the figure onto more lines (at spaces), so a long study
+    title ("Training loss: <study> (mean +- std over seeds 0, 1, 2)") is not cut at the edge."""
+    def cut(text) -> bool:  # a title is centred on its axes, so it can leave either side
+        box = text.get_window_extent()
+        return box.x0 < 0 or box.x1 > fig.bbox.width
+
+    for text in [ax.title for ax in fig.axes] + list(fig.texts):
+        words = " ".join(text.get_text().split("\n"))
+        width = len(words)
+        while width > 10 and cut(text):
+            width = int(width * 0.9)
+            text.set_text(textwrap.fill(words, width, break_long_words=False,
+                                        break_on_hyphens=False))
+
+
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     for ax in fig.axes:  # epochs are whole numbers: no 1.25-epoch ticks on short runs
         if ax.get_xlabel() == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    _fit_titles(fig)  # where the layout put the axes; then lay out the taller titles
     fig.tight_layout()
     fig.savefig(path)
     return path

@@ -96,6 +96,28 @@ def test_every_plot_function_renders_a_png(tmp_path):
         assert data.startswith(PNG) and len(data) > 5000, path
 
 
+@pytest.mark.parametrize("title,wrapped", [
+    ("Training loss: ba_fixed_budget_seeds (mean +- std over seeds 0, 1, 2)", True),  # was cut
+    ("Gradient L2 norm: " + " ".join(f"variant_{i}" for i in range(20)), True),
+    ("Training loss: adabatch", False),
+])
+def test_a_long_title_is_wrapped_inside_the_figure_not_cut(tmp_path, monkeypatch, title,
+                                                          wrapped):
+    from keras_largebatch.studies import figures
+    saved = []
+    real_save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or real_save(
+        fig, path))
+    plot.plot_train_loss({"a": ([1, 2, 3], [0.4, 0.3, 0.2])}, str(tmp_path / "t.png"),
+                         title=title)
+    (fig,) = saved
+    (ax,) = fig.axes
+    box = ax.title.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # inside the PNG, left and right
+    assert ax.title.get_text().split() == title.split()  # every word kept, in order
+    assert (len(ax.title.get_text().splitlines()) > 1) == wrapped
+
+
 def test_lars_panel_with_many_variables_has_one_legend_entry_per_kind(tmp_path, monkeypatch):
     from keras_largebatch.studies import figures
     figs = []
