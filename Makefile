@@ -1,6 +1,6 @@
 # The two commands a newcomer runs (README.md):
 #   make run    install everything, then train the default experiment on real Fashion-MNIST
-#   make test   install everything, then run lint + the test suite (.ci/run calls this)
+#   make test   install everything, then run lint + the test suite on 2 workers (.ci/run calls this)
 #   make bench  every cost benchmark in one sitting (bench/all.py; ARGS="--quick" for a look)
 # Extra flags for the run: make run ARGS="--gin_bindings='train.epochs = 2'"
 
@@ -41,8 +41,13 @@ lint: install
 bench: install
 	$(PRELOAD) $(PY) bench/all.py $(ARGS)
 
+# The suite is CPU-bound (most of its time is real CLI processes importing TensorFlow): two
+# pytest workers keep both cores busy. --dist loadscope keeps a module on one worker, so a
+# module fixture (e.g. the bad-input CLI runs) runs once. TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PRELOAD) $(PY) -m pytest $(PYTEST_ARGS)
+	$(PRELOAD) $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
