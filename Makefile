@@ -32,13 +32,21 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+# jax for the JAX-backend tests, outside the venv: TensorFlow imports jax whenever it can
+# (TF Lite): ~0.5 s more CPU per TensorFlow process (bench/startup.py, tests/backend_env.py).
+JAX_PACKAGES := .jax-packages
+$(JAX_PACKAGES)/.installed: tests/jax-requirements.txt $(VENV)/.installed
+	rm -rf $(JAX_PACKAGES)
+	$(VENV)/bin/pip install -q --no-deps --target $(JAX_PACKAGES) -r tests/jax-requirements.txt
+	touch $@
+
 run: install
 	$(PRELOAD) $(PY) -m keras_largebatch.main $(ARGS)
 
 lint: install
 	$(PY) -m ruff check keras_largebatch tests bench
 
-bench: install
+bench: install $(JAX_PACKAGES)/.installed
 	$(PRELOAD) $(PY) bench/all.py $(ARGS)
 
 # The suite is CPU-bound (most of its time is real CLI processes importing TensorFlow): two
@@ -46,8 +54,8 @@ bench: install
 # module fixture (e.g. the bad-input CLI runs) runs once. TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 2
 
-test: lint
+test: lint $(JAX_PACKAGES)/.installed
 	$(PRELOAD) $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(JAX_PACKAGES) *.egg-info .pytest_cache .ruff_cache

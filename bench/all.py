@@ -7,11 +7,12 @@ process, alternating rounds): LARS vs momentum SGD (lars_overhead.py), BA-Moment
 diagonal vs momentum SGD per sample (ba_overhead.py), ghost BN vs Keras BN (ghost_bn.py), the
 input wait of batch augmentation at M = 4 (batch_aug_pipeline.py), a batch-phase switch
 (phase_switch.py), checkpoint cost (checkpoint_overhead.py) and the framework vs model.fit vs
-the bare step in float32 and mixed_bfloat16 (vs_keras.py), and TCMalloc vs glibc's malloc under
-a real CLI run (allocator.py). Before and after each it prints the
-1-minute load average: absolute throughputs on a shared machine are distorted, the ratios are
-the output. Ends with one summary line per benchmark (its last lines). `--quick` shortens each
-(fewer rounds/steps/examples) for a first look. Not a test.
+the bare step in float32 and mixed_bfloat16 (vs_keras.py), TCMalloc vs glibc's malloc under a
+real CLI run (allocator.py), and a TensorFlow process's start-up with and without jax
+importable (startup.py). Before and after each it prints the 1-minute load average: absolute
+throughputs on a shared machine are distorted, the ratios are the output. Ends with one
+summary line per benchmark (its last lines). `--quick` shortens each (fewer
+rounds/steps/examples) for a first look. Not a test.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ BENCHES = {
                    3),
     "vs_keras": ("vs_keras.py", [], ["--examples", "6000", "--epochs", "2"], 24),
     "allocator": ("allocator.py", [], ["--rounds", "1", "--examples", "3200"], 5),
+    "startup": ("startup.py", [], ["--rounds", "2"], 3),
 }
 
 

@@ -1,6 +1,6 @@
 """The library pieces' cost on the current Keras backend: LARS vs SGD, ghost BN vs Keras BN.
 
-    KERAS_BACKEND=jax   .venv/bin/python bench/backends.py [--batch 256] [--steps 40] [--rounds 5]
+    KERAS_BACKEND=jax PYTHONPATH=.jax-packages .venv/bin/python bench/backends.py [--batch 256]
     KERAS_BACKEND=torch python bench/backends.py --data_dir DIR     # where PyTorch is installed
 
 Backend-neutral (Keras and NumPy only; no TensorFlow), so it runs on JAX, PyTorch and

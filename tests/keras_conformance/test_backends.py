@@ -2,12 +2,11 @@
 
 Keras fixes its backend when it is first imported, so every other backend needs a fresh
 interpreter: one `pytest` subprocess per backend with `KERAS_BACKEND` set, over the
-`test_*_neutral.py` modules and the README snippet. A backend whose package is missing is
-skipped with the reason (PyTorch is not a dependency: its wheel is several GB).
+`test_*_neutral.py` modules and the README snippet, in the environment of
+tests/backend_env.py (jax from `.jax-packages/`; PyTorch skipped with the reason where it is
+not installed: it is not a dependency).
 """
 
-import importlib.util
-import os
 import pathlib
 import subprocess
 import sys
@@ -15,19 +14,19 @@ import sys
 import keras
 import pytest
 
+from tests.backend_env import backend_env, require_backend
+
 HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parent.parent
 NEUTRAL = sorted(str(p.relative_to(ROOT)) for p in HERE.glob("test_*_neutral.py"))
-PACKAGES = {"jax": "jax", "torch": "torch"}
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_neutral_modules_pass_under(backend):
     if keras.backend.backend() == backend:
         pytest.skip(f"this session already runs the {backend} backend")
-    if importlib.util.find_spec(PACKAGES[backend]) is None:
-        pytest.skip(f"{PACKAGES[backend]} is not installed")
-    env = dict(os.environ, KERAS_BACKEND=backend)
+    require_backend(backend)
+    env = backend_env(backend)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *NEUTRAL],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

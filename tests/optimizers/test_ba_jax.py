@@ -14,9 +14,7 @@ session, both on the same data and initial weights. References:
   uninterrupted chunks (as tests/keras_conformance/test_bamodel_saving.py on TensorFlow).
 """
 
-import importlib.util
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -26,6 +24,7 @@ import numpy as np
 import pytest
 
 from keras_largebatch.optimizers.ba_math import optimal_batch_size
+from tests.backend_env import backend_env, require_backend
 from tests.optimizers import ba_backend_worker as worker
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -37,11 +36,10 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
 
 @pytest.fixture(scope="module")
 def jax_results(tmp_path_factory):
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed")
+    require_backend("jax")
     tmp = tmp_path_factory.mktemp("ba_jax")
     out = tmp / "jax.json"
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(ROOT))
+    env = backend_env("jax", ROOT)
     result = subprocess.run(
         [sys.executable, "-W", "ignore", "-m", "tests.optimizers.ba_backend_worker", str(out),
          str(tmp)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
