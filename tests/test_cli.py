@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from .cli import TINY, run_cli
@@ -25,6 +26,7 @@ def _event_tags(run_dir: Path) -> set[str]:
     return tags
 
 
+@pytest.mark.slow  # a real 2-replica CLI run: 33-47 s on 2 busy cores
 def test_two_replica_run_writes_results_config_and_tensorboard(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(*TINY, *QUICK, "--gin_bindings=make_strategy.num_cpu_replicas = 2",
@@ -46,6 +48,7 @@ def test_two_replica_run_writes_results_config_and_tensorboard(tmp_path):
         assert tag in tags, tag
 
 
+@pytest.mark.slow  # real CLI runs, killed and resumed: ~36 s on 2 busy cores
 def test_killed_run_resumes_at_the_right_epoch_and_phase(tmp_path):
     run_dir = tmp_path / "run"
     adabatch = ["--gin_bindings=train.batch_schedule = @AdaBatch()",

@@ -21,6 +21,7 @@ ROOT = HERE.parent.parent
 NEUTRAL = sorted(str(p.relative_to(ROOT)) for p in HERE.glob("test_*_neutral.py"))
 
 
+@pytest.mark.slow  # a pytest subprocess per backend: 34-40 s for jax
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_neutral_modules_pass_under(backend):
     if keras.backend.backend() == backend:

@@ -183,6 +183,7 @@ def test_fit_with_batch_schedule_under_a_user_policy():
     assert len(history.history["loss"]) == 2 and all(np.isfinite(history.history["loss"]))
 
 
+@pytest.mark.slow  # two real CLI runs and a kill each: 35-57 s on 2 busy cores
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_cli_resume_after_a_kill_is_bitwise_under_mixed_precision(tmp_path, precision):
     """SIGKILL mid-epoch, rerun the same command: the same final weights as without the kill
