@@ -51,15 +51,11 @@ bench: install $(JAX_PACKAGES)/.installed
 
 # The suite is CPU-bound (most of its time is real CLI processes importing TensorFlow): two
 # pytest workers keep both cores busy. --dist loadscope keeps a module on one worker, so a
-# module fixture (e.g. the bad-input CLI runs) runs once; --no-loadscope-reorder hands modules
-# out in collection order, which tests/conftest.py starts with the slow ones (xdist's default
-# order, most tests first, left the long few-test CLI modules running alone at the end).
-# TEST_WORKERS=0 runs it serially.
+# module fixture (e.g. the bad-input CLI runs) runs once. TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: lint $(JAX_PACKAGES)/.installed
-	$(PRELOAD) $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,$(XDIST)) $(PYTEST_ARGS)
+	$(PRELOAD) $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JAX_PACKAGES) *.egg-info .pytest_cache .ruff_cache
