@@ -19,16 +19,6 @@ tf.config.set_logical_device_configuration(
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Modules with a test marked slow run first (stable: each module keeps its order).
-
-    `make test` runs two workers with --dist loadscope, which hands out whole modules in
-    collection order: the long real-CLI modules (tests/training/ is collected last) would
-    otherwise start at the end and run alone while the other worker idles."""
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow)
-
-
 @pytest.fixture(scope="session")
 def two_cpu_strategy():
     """A real MirroredStrategy over two logical CPU devices."""
