@@ -1,99 +1,11 @@
-"""Cost model of a data-parallel training step, fitted to timings of bench/cluster.py.
+"""The cluster bench's cost model now lives in the package: keras_largebatch/goodput/throughput.py
+(the throughput model GoodputBatch fits online). Kept so `import cost_model` from bench/ works."""
 
-    step_time(W, b, rate, P) = a + c * b / W                          compute of one worker
-                             + [W > 1] * (alpha + beta * m / rate)    all-reduce
-    m = 2 (W - 1) / W * 4 P * 8 bits                                  ring all-reduce, per worker
-
-b is the global batch (b / W samples per worker), P the parameter count (float32 gradients),
-rate the link rate in bit/s (None: unshaped, m / rate taken as 0). Fitted: a (s per step),
-c (s per sample), alpha (s per multi-worker step: collective launch, gRPC round trips, the
-host's own copy cost) and beta (dimensionless: 1 when the all-reduce moves exactly m bits at
-the link rate; TCP/gRPC framing and a ring that is not bandwidth-optimal push it above 1).
-
-The fit is a least-squares fit of the relative error (each row divided by its measured time),
-with non-negative coefficients (a coefficient that comes out negative is fixed at 0 and the
-rest refitted). Compute time per sample is the measured model's, on the measured cores: a
-prediction for `--predict_params` other than the measured model changes only m, i.e. it
-answers "the same network compute, with this many bytes to all-reduce". Pure numpy.
-"""
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-import numpy as np
-
-NAMES = ("a", "c", "alpha", "beta")
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One measured steady-state step: `step_time` seconds at global batch `batch`."""
-
-    workers: int
-    batch: int            # global batch
-    rate: float | None    # bits/s; None: unshaped link
-    params: int
-    step_time: float
-
-
-def moved_bits(workers: int, params: int) -> float:
-    """Bits a worker sends in one ring all-reduce of `params` float32 values."""
-    return 2.0 * (workers - 1) / workers * 4.0 * params * 8.0
-
-
-def features(workers: int, batch: float, rate: float | None, params: int) -> np.ndarray:
-    multi = 1.0 if workers > 1 else 0.0
-    comm = moved_bits(workers, params) / rate if (multi and rate) else 0.0
-    return np.array([1.0, batch / workers, multi, comm])
-
-
-@dataclass(frozen=True)
-class CostModel:
-    a: float
-    c: float
-    alpha: float
-    beta: float
-    rank: int = 4      # rank of the design matrix: < 4 means some parameters were not pinned
-
-    def step_time(self, workers: int, batch: float, rate: float | None, params: int) -> float:
-        return float(features(workers, batch, rate, params)
-                     @ np.array([self.a, self.c, self.alpha, self.beta]))
-
-    def epoch_time(self, workers: int, batch: int, examples: int, rate: float | None,
-                   params: int) -> float:
-        """One epoch of `examples` at global batch `batch` (remainder dropped, as the CLI)."""
-        return (examples // batch) * self.step_time(workers, batch, rate, params)
-
-    def run_time(self, workers: int, batches: list[int], examples: int, rate: float | None,
-                 params: int) -> float:
-        """A run whose epochs have the global batches `batches`."""
-        return sum(self.epoch_time(workers, b, examples, rate, params) for b in batches)
-
-    def describe(self) -> str:
-        text = (f"a = {self.a * 1e3:.2f} ms/step, c = {self.c * 1e6:.1f} us/sample, "
-                f"alpha = {self.alpha * 1e3:.2f} ms/all-reduce, beta = {self.beta:.2f}")
-        if self.rank < 4:
-            text += f" (only {self.rank} of 4 parameters pinned by these runs)"
-        return text
-
-
-def fit(observations: list[Observation]) -> CostModel:
-    """Non-negative least squares on the relative error (see the module docstring)."""
-    if not observations:
-        raise ValueError("no timings to fit")
-    x = np.stack([features(o.workers, o.batch, o.rate, o.params) for o in observations])
-    y = np.array([o.step_time for o in observations], dtype=float)
-    w = 1.0 / y
-    xw, yw = x * w[:, None], y * w
-    active = [j for j in range(x.shape[1]) if np.any(x[:, j] != 0)]
-    coef = np.zeros(x.shape[1])
-    while active:
-        sol, *_ = np.linalg.lstsq(xw[:, active], yw, rcond=None)
-        if np.all(sol >= 0):
-            coef[:] = 0
-            coef[active] = sol
-            break
-        active = [j for j, s in zip(active, sol) if s >= 0] if np.any(sol > 0) else []
-    rank = int(np.linalg.matrix_rank(xw))
-    return CostModel(*map(float, coef), rank=rank)
+from keras_largebatch.goodput.throughput import (  # noqa: F401
+    NAMES,
+    CostModel,
+    Observation,
+    features,
+    fit,
+    moved_bits,
+)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from keras_largebatch.data import DataSource, check_batch_size
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.goodput.adascale import AdaScaled
 from keras_largebatch.models import build_model
 from keras_largebatch.optimizers.ba_momentum import BAMomentum
 from keras_largebatch.schedules import (
@@ -34,6 +35,7 @@ from keras_largebatch.training.precision import float32_outputs, loss_scaled
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.steps.accumulation import plan_micro_batches
 from keras_largebatch.training.steps.ba_step import BAChunkStep
+from keras_largebatch.training.steps.noise_scale_step import check_noise_scale_batch
 from keras_largebatch.training.steps.train_step import TrainStep, per_example_loss_fn
 
 
@@ -43,34 +45,51 @@ def batch_schedule_of(config: RunConfig) -> BatchSchedule:
     return opt.batch_schedule if opt.batch_schedule is not None else FixedBatch(opt.batch_size)
 
 
+def initial_batch_size(config: RunConfig) -> int:
+    """The global batch of the first epoch: AdaScale's and the noise-scale average's B0."""
+    return batch_schedule_of(config).batch_size(0.0)
+
+
 def plan_phases(config: RunConfig, source: DataSource, replicas: int) -> list:
     """The batch phases of the run, each checked against the replicas and the dataset."""
-    repeats, cap = config.data.repeats, config.optimization.max_per_replica_batch
     phases = batch_schedule_of(config).phases(config.optimization.epochs)
     for p in phases:
-        check_batch_size(p.batch_size, replicas, source.num_train)
-        check_batch_size(p.batch_size * repeats, replicas, source.num_train * repeats,
-                         what="effective batch (batch_size x repeats)")
-        if cap:
-            plan_micro_batches(p.batch_size * repeats // replicas, cap)
+        check_phase_batch(config, source, replicas, p.batch_size)
     return phases
+
+
+def check_phase_batch(config: RunConfig, source: DataSource, replicas: int, batch: int) -> None:
+    """UserInputError unless `batch` is a global batch this run can train with."""
+    repeats, cap = config.data.repeats, config.optimization.max_per_replica_batch
+    check_batch_size(batch, replicas, source.num_train)
+    check_batch_size(batch * repeats, replicas, source.num_train * repeats,
+                     what="effective batch (batch_size x repeats)")
+    if cap:
+        plan_micro_batches(batch * repeats // replicas, cap)
+    if config.optimization.noise_scale:
+        check_noise_scale_batch(batch // replicas, replicas, repeats)
 
 
 def resolve_learning_rate(learning_rate, batch_schedule: BatchSchedule, phases: list, *,
                           lr_scaling: str, lr_reference_batch_size: int):
     """The schedule the optimizer sees: base LR x batch scaling rule x batch-phase multiplier.
 
-    `lr_scaling` "linear"/"sqrt" makes `learning_rate` the LR at `lr_reference_batch_size`
-    (reference 1 + linear = seed 001's base LR eta~ = eta/m). The batch schedule's LR multiplier
-    (AdaBatch's decay) is applied unless `learning_rate` already composes it.
+    `lr_scaling` "adascale" multiplies by AdaScale's gain at the current batch over the first
+    epoch's (goodput/adascale.py; the train step's noise-scale statistics are attached to the
+    returned `AdaScaled` before the first update). "linear"/"sqrt" makes `learning_rate` the LR
+    at `lr_reference_batch_size` (reference 1 + linear = seed 001's base LR eta~ = eta/m). The
+    batch schedule's LR multiplier (AdaBatch's decay) is applied unless `learning_rate` already
+    composes it.
     """
     schedule = learning_rate
-    if lr_scaling != "none":
+    if lr_scaling not in ("none", "adascale"):
         schedule = BatchScaled(schedule, batch_schedule, lr_reference_batch_size, lr_scaling)
     if not isinstance(learning_rate, BatchScheduleMultiplier) and any(
         p.lr_multiplier != 1.0 for p in phases
     ):
         schedule = BatchScheduleMultiplier(schedule, batch_schedule)
+    if lr_scaling == "adascale":  # outermost: the loop attaches the step's statistics to it
+        schedule = AdaScaled(schedule, batch_schedule, batch_schedule.batch_size(0.0))
     return schedule
 
 
@@ -86,7 +105,10 @@ def check_ba_settings(opt: BAMomentum, config: RunConfig) -> None:
                              f"the batch grows by); set both to the same value")
     for name, value, off in (("repeats", config.data.repeats, 1),
                              ("max_per_replica_batch", o.max_per_replica_batch, None),
-                             ("adapt_grad_norm_every", o.adapt_grad_norm_every, None)):
+                             ("adapt_grad_norm_every", o.adapt_grad_norm_every, None),
+                             ("gradient_noise_scale", o.gradient_noise_scale or None, None),
+                             ("lr_scaling", "adascale" if o.lr_scaling == "adascale" else None,
+                              None)):
         if value != off:
             raise UserInputError(f"train.{name} = {value!r} is not supported with optimizer "
                                  f"'ba_momentum'; remove it")
@@ -137,7 +159,9 @@ def build_parts(config: RunConfig, components: Components, strategy: tf.distribu
                          max_per_replica_batch=o.max_per_replica_batch,
                          gradient_norm=config.logging.gradient_norm
                          or bool(o.adapt_grad_norm_every),
-                         adapt_grad_norm_every=o.adapt_grad_norm_every)
+                         adapt_grad_norm_every=o.adapt_grad_norm_every,
+                         noise_scale_reference_batch=(initial_batch_size(config)
+                                                      if o.noise_scale else None))
     return Parts(model=net, optimizer=opt, metrics=metrics, step=step, augment=augment)
 
 

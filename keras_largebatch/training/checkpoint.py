@@ -87,10 +87,12 @@ class RunState(tf.train.experimental.PythonState):
         self.epoch_lr: float | None = None
         self.restores = 0
         self.updates = 0  # the loop's global update count (BA-Momentum: chunks)
+        self.extra: dict = {}  # e.g. GoodputBatch's decisions (training/goodput_control.py)
 
     def serialize(self) -> str:
         return json.dumps({"history": self.history, "epoch_lr": self.epoch_lr,
-                           "restores": self.restores, "updates": self.updates})
+                           "restores": self.restores, "updates": self.updates,
+                           **({"extra": self.extra} if self.extra else {})})
 
     def deserialize(self, string_value) -> None:
         data = json.loads(string_value)
@@ -98,6 +100,7 @@ class RunState(tf.train.experimental.PythonState):
         self.epoch_lr = data["epoch_lr"]
         self.restores = int(data["restores"])
         self.updates = int(data["updates"])
+        self.extra = dict(data.get("extra", {}))
 
 
 class ModelRNG(tf.Module):
@@ -110,11 +113,15 @@ class ModelRNG(tf.Module):
 
 
 class StepState(tf.Module):
-    """The train step's own variables (e.g. TrainStep.grad_scale, BAChunkStep's epoch sums)."""
+    """The train step's own variables (e.g. TrainStep.grad_scale, BAChunkStep's epoch sums) and
+    those it lists in `state_variables()` (the gradient-noise-scale averages, train_step.py)."""
 
     def __init__(self, step):
         super().__init__(name="step_state")
         self.states = [v for v in vars(step).values() if isinstance(v, tf.Variable)]
+        extra = getattr(step, "state_variables", None)
+        if extra is not None and extra():
+            self.noise_scale = list(extra())
 
 
 class _ProgressState(tf.Module):

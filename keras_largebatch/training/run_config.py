@@ -77,12 +77,13 @@ class OptimizationConfig:
     batch_size: int = 128                # global samples per update
     batch_schedule: Any = None           # a BatchSchedule (AdaBatch, ...) or None
     epochs: int = 8
-    lr_scaling: str = "none"             # "linear" | "sqrt" | "none"
+    lr_scaling: str = "none"             # "linear" | "sqrt" | "adascale" | "none"
     lr_reference_batch_size: int = 1
     max_per_replica_batch: int | None = None   # above it: gradient accumulation
     adapt_grad_norm_every: int | None = None   # seed-003 authors' gradient-norm adaptation
     jit_compile: bool = False
     precision: str = "float32"           # Keras dtype policy: "mixed_bfloat16" | "mixed_float16"
+    gradient_noise_scale: bool | None = None   # measure |G|^2, tr(Sigma); None: where needed
 
     def __post_init__(self):
         if _positive_int("train.epochs", self.epochs) > MAX_EPOCHS:
@@ -101,12 +102,29 @@ class OptimizationConfig:
                                                               BatchSchedule):
             raise UserInputError(f"train.batch_schedule must be a batch schedule such as "
                                  f"@AdaBatch() or None; got {self.batch_schedule!r}")
-        validate.one_of("train.lr_scaling", self.lr_scaling, LR_SCALING_RULES)
+        validate.one_of("train.lr_scaling", self.lr_scaling, (*LR_SCALING_RULES, "adascale"))
+        if self.gradient_noise_scale is not None:
+            validate.boolean("train.gradient_noise_scale", self.gradient_noise_scale)
+        if self.gradient_noise_scale is False and self.measures_noise_scale:
+            raise UserInputError("train.gradient_noise_scale = False, but train.lr_scaling = "
+                                 "'adascale' and GoodputBatch need it; drop the binding")
         _positive_int("train.lr_reference_batch_size", self.lr_reference_batch_size)
         _optional_whole("train.max_per_replica_batch", self.max_per_replica_batch, 1)
         _optional_whole("train.adapt_grad_norm_every", self.adapt_grad_norm_every, 1)
         validate.boolean("train.jit_compile", self.jit_compile)
         validate.one_of("train.precision", self.precision, PRECISIONS)
+
+    @property
+    def measures_noise_scale(self) -> bool:
+        """Whether the run needs the gradient noise scale (AdaScale, a goodput schedule)."""
+        return self.lr_scaling == "adascale" or getattr(self.batch_schedule, "adaptive", False)
+
+    @property
+    def noise_scale(self) -> bool:
+        """train.gradient_noise_scale, with None resolved (on where needed)."""
+        if self.gradient_noise_scale is None:
+            return self.measures_noise_scale
+        return self.gradient_noise_scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +188,8 @@ class RunConfig:
                         eval_train_set, log_every_steps, checkpoints_to_keep,
                         checkpoint_every_steps, deterministic, on_divergence, loss_upper_bound,
                         divergence_lr_factor, max_restores, verbose,
-                        extra_actions=(), precision="float32") -> RunConfig:
+                        extra_actions=(), precision="float32",
+                        gradient_noise_scale=None) -> RunConfig:
         """Group `train()`'s flat keyword arguments (the gin binding names)."""
         return cls(
             data=DataConfig(dataset=dataset, augment=augment, repeats=repeats,
@@ -182,7 +201,7 @@ class RunConfig:
                 lr_reference_batch_size=lr_reference_batch_size,
                 max_per_replica_batch=max_per_replica_batch,
                 adapt_grad_norm_every=adapt_grad_norm_every, jit_compile=jit_compile,
-                precision=precision),
+                precision=precision, gradient_noise_scale=gradient_noise_scale),
             checkpointing=CheckpointConfig(
                 every_steps=checkpoint_every_steps, keep=checkpoints_to_keep,
                 on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,

@@ -89,6 +89,9 @@ class AccumulationResult:
     per_example_loss: [b] losses in batch order; predictions: model outputs for the whole batch
         in batch order (for metrics).
     num_micro_batches: scalar int32 tensor.
+    micro_sqr_sum: sum over the micro-batches of the squared L2 norm of each micro-batch's
+        gradient (as differentiated: loss-scaled); the gradient noise scale's small-batch
+        norms (noise_scale_step.py).
     """
 
     gradients: list
@@ -96,6 +99,7 @@ class AccumulationResult:
     per_example_loss: tf.Tensor
     predictions: object
     num_micro_batches: tf.Tensor
+    micro_sqr_sum: tf.Tensor | None = None
 
 
 def num_micro_batches(batch_size, max_micro_batch) -> tf.Tensor:
@@ -166,7 +170,7 @@ def accumulate_gradients(
             loss += reg / (n_float * replicas)
         return loss, per_example, predictions
 
-    def body(i, grad_acc, loss_acc, loss_ta, pred_tas):
+    def body(i, grad_acc, loss_acc, sqr_acc, loss_ta, pred_tas):
         start = i * micro
         xs = tf.nest.map_structure(lambda t: t[start : start + micro], x)
         ys = tf.nest.map_structure(lambda t: t[start : start + micro], y)
@@ -176,18 +180,20 @@ def accumulate_gradients(
             if optimizer is not None and hasattr(optimizer, "scale_loss"):
                 scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
-        new_acc = []
+        new_acc, sqr = [], tf.zeros([], tf.float32)
         for k, (g, acc) in enumerate(zip(grads, grad_acc, strict=True)):
             if g is None:
                 none_grads.add(k)
                 new_acc.append(acc)
             else:
-                new_acc.append(acc + tf.convert_to_tensor(g))
+                g = tf.convert_to_tensor(g)
+                new_acc.append(acc + g)
+                sqr += tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
         loss_ta = loss_ta.write(i, per_example)
         pred_tas = [
             ta.write(i, p) for ta, p in zip(pred_tas, tf.nest.flatten(predictions), strict=True)
         ]
-        return i + 1, new_acc, loss_acc + loss, loss_ta, pred_tas
+        return i + 1, new_acc, loss_acc + loss, sqr_acc + sqr, loss_ta, pred_tas
 
     output_structure = model.compute_output_spec(_spec_of(x))
     out_spec = tf.nest.flatten(output_structure)
@@ -196,10 +202,11 @@ def accumulate_gradients(
     ]
     loss_ta = tf.TensorArray(tf.float32, size=n, infer_shape=False)
     grad_acc = [tf.zeros(v.shape, v.dtype) for v in variables]
-    _, grads, loss, loss_ta, pred_tas = tf.while_loop(
+    _, grads, loss, sqr_sum, loss_ta, pred_tas = tf.while_loop(
         lambda i, *_: i < n,
         body,
-        (tf.constant(0, tf.int32), grad_acc, tf.zeros([], tf.float32), loss_ta, pred_tas),
+        (tf.constant(0, tf.int32), grad_acc, tf.zeros([], tf.float32), tf.zeros([], tf.float32),
+         loss_ta, pred_tas),
         parallel_iterations=1,
     )
     grads = [None if k in none_grads else g for k, g in enumerate(grads)]
@@ -210,7 +217,7 @@ def accumulate_gradients(
         p.set_shape([None, *spec.shape[1:]])
         flat_preds.append(p)
     predictions = tf.nest.pack_sequence_as(output_structure, flat_preds)
-    return AccumulationResult(grads, loss, per_example_loss, predictions, n)
+    return AccumulationResult(grads, loss, per_example_loss, predictions, n, sqr_sum)
 
 
 def _spec_of(x):

@@ -23,6 +23,7 @@ from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.steps.accumulation import accumulate_gradients
 from keras_largebatch.training.steps.grad_norm import estimate_grad_norm_scale
+from keras_largebatch.training.steps.noise_scale_step import NoiseScaleProbe
 
 
 def per_example_loss_fn():
@@ -46,6 +47,7 @@ class TrainStep:
         max_per_replica_batch: int | None = None,
         gradient_norm: bool = False,
         adapt_grad_norm_every: int | None = None,
+        noise_scale_reference_batch: int | None = None,
     ):
         if adapt_grad_norm_every is not None and (
                 isinstance(adapt_grad_norm_every, bool)
@@ -69,6 +71,10 @@ class TrainStep:
         # Seed 003's gradient-norm adaptation factor on the data loss (1 = off); checkpointed.
         self.grad_scale = tf.Variable(1.0, trainable=False, name="grad_scale")
         self._host_updates: int | None = None
+        # Gradient noise scale (goodput/noise_scale.py), measured when a reference batch is given.
+        self.noise_scale = (None if noise_scale_reference_batch is None else NoiseScaleProbe(
+            replicas=strategy.num_replicas_in_sync, repeats=repeats,
+            reference_batch=noise_scale_reference_batch))
         self._rescale_step = tf.function(self._distributed_rescale_step)
         self._grads_fn = (tf.function(self._loss_and_grads, jit_compile=True)
                           if jit_compile else self._loss_and_grads)
@@ -77,8 +83,16 @@ class TrainStep:
     def reset_epoch(self) -> None:
         """Per-epoch statistics of the step itself (none here; see ba_step.py)."""
 
+    def state_variables(self) -> list:
+        """Variables a checkpoint holds besides the tf.Variable attributes (checkpoint.py)."""
+        return self.noise_scale.variables if self.noise_scale is not None else []
+
     def epoch_scalars(self) -> dict[str, float]:
-        return {}
+        """The smoothed |G|^2, tr(Sigma) and B_simple at the end of an epoch, if measured."""
+        if self.noise_scale is None:
+            return {}
+        return {f"noise_scale/{k}": v for k, v in self.noise_scale.stats.values().items()
+                if v is not None}
 
     def __call__(self, iterator) -> None:
         if self.adapt_grad_norm_every and self.repeats > 1:
@@ -109,24 +123,41 @@ class TrainStep:
         grads = tape.gradient(loss, variables)
         return grads, example_stats(labels, logits, per_example)
 
-    def _accumulated_loss_and_grads(self, images, labels):
+    def _accumulated_loss_and_grads(self, images, labels, max_micro_batch):
         """Same result as `_loss_and_grads`, over equal micro-batches (accumulation.py)."""
         result = accumulate_gradients(
             self.model, self.loss_fn, images, labels,
-            max_micro_batch=self.max_per_replica_batch, optimizer=self.optimizer)
-        return result.gradients, example_stats(labels, result.predictions,
-                                               result.per_example_loss)
+            max_micro_batch=max_micro_batch, optimizer=self.optimizer)
+        return result, example_stats(labels, result.predictions, result.per_example_loss)
 
     def _replica_step(self, images, labels):
-        if self.max_per_replica_batch:
-            grads, stats = self._accumulated_loss_and_grads(images, labels)
+        probe = self.noise_scale
+        micro_sqr, num_micro = None, tf.ones([], tf.int32)
+        cap = self.max_per_replica_batch
+        if probe is not None and probe.splits_batch:  # two parts at least (noise_scale_step.py)
+            half = tf.maximum(tf.shape(labels)[0] // 2, 1)
+            cap = half if cap is None else tf.minimum(cap, half)
+        if cap is not None:
+            result, stats = self._accumulated_loss_and_grads(images, labels, cap)
+            grads, micro_sqr, num_micro = (result.gradients, result.micro_sqr_sum,
+                                           result.num_micro_batches)
         else:
             grads, stats = self._grads_fn(images, labels)
-        norm = tf.zeros([])
-        if self.gradient_norm:
+        norm, parts = tf.zeros([]), (tf.zeros([]),) * 3
+        if probe is not None:
+            parts = probe.replica_values(grads, micro_sqr, num_micro, self._unscale())
+        if self.gradient_norm or (probe is not None and probe.replicas > 1):
             grads, norm = self._all_reduced_with_norm(grads)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return (*stats, norm)
+        return (*stats, norm, *parts)
+
+    def _unscale(self):
+        """The factor gradients carry beyond d(loss): a mixed-precision loss scale, seed 003's
+        grad_scale."""
+        scale = tf.cast(self.grad_scale, tf.float32) if self.adapt_grad_norm_every else 1.0
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            scale *= tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        return tf.convert_to_tensor(scale, tf.float32)
 
     def _all_reduced_with_norm(self, grads):
         """L2 norm of the global gradient (seed 003 Fig. 4) without reducing twice.
@@ -176,12 +207,23 @@ class TrainStep:
         self._train_on(images, labels)
 
     def _train_on(self, images, labels):
-        *stats, norm = self.strategy.run(self._replica_step, args=(images, labels))
+        *stats, norm, local_sqr, one_replica_total, parts = self.strategy.run(
+            self._replica_step, args=(images, labels))
         loss_sum, correct, count = (
             self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in stats
         )
         self.metrics.update(loss_sum, correct, count)
+        mean = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
         if self.gradient_norm:
-            self.metrics.update_gradient_norm(
-                self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
+            self.metrics.update_gradient_norm(mean(norm))
+        if self.noise_scale is not None:
+            if self.noise_scale.replicas > 1:
+                total = mean(norm)  # |G_B| of the loss times grad_scale (seed 003), if adapted
+                if self.adapt_grad_norm_every:
+                    total /= tf.cast(self.grad_scale, total.dtype)
+                total_sqr = total * total
+            else:
+                total_sqr = mean(one_replica_total)
+            self.noise_scale.update(mean(local_sqr), total_sqr, mean(parts),
+                                    count / self.repeats)
         self.progress.advance(count / self.repeats)
