@@ -31,3 +31,11 @@ def one_cpu_strategy():
     """A MirroredStrategy over one CPU device (same code path, one replica)."""
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:1]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def pytest_runtest_setup(item):
+    """`@pytest.mark.needs_root` (mounts, network namespaces): skipped, with the reason, when
+    not root. CI runs the suite as root, so they run there."""
+    if item.get_closest_marker("needs_root") is not None and os.geteuid() != 0:
+        pytest.skip("needs root (it mounts a file system or creates network namespaces); "
+                    "CI runs the suite as root")

@@ -1,4 +1,6 @@
-"""The command line, as a user runs it: real processes, real Fashion-MNIST."""
+"""The command line, as a user runs it: real processes, real Fashion-MNIST; and the proof that
+tests/inprocess.py runs the same program: a bad input and a completed run, each both as a real
+process and in-process, give the same exit status, lines, files and weights."""
 
 import json
 import os
@@ -9,13 +11,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from .cli import TINY, run_cli
+from .cli import TINY, error_lines, run_cli, tree_state
+from .inprocess import run_main
 
 QUICK = [
     "--gin_bindings=fashion_mnist.max_train_examples = 12000",
     "--gin_bindings=train.batch_size = 256",   # 46 updates per epoch
     "--gin_bindings=train.epochs = 2",
 ]
+WALL_CLOCK = {"epoch_time_s", "samples_per_second", "wall_time_s", "step_time_s"}
+# What a fresh TensorFlow process prints before the program's own first line.
+START_UP = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
 
 
 def _event_tags(run_dir: Path) -> set[str]:
@@ -26,11 +32,19 @@ def _event_tags(run_dir: Path) -> set[str]:
     return tags
 
 
+def _without_wall_clock(results: dict) -> dict:
+    results = {k: v for k, v in results.items() if k not in WALL_CLOCK}
+    results["epochs"] = [{k: v for k, v in e.items() if k not in WALL_CLOCK}
+                         for e in results["epochs"]]
+    return results
+
+
 @pytest.mark.slow  # a real 2-replica CLI run: 33-47 s on 2 busy cores
 def test_two_replica_run_writes_results_config_and_tensorboard(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(*TINY, *QUICK, "--gin_bindings=make_strategy.num_cpu_replicas = 2",
-                   f"--run_dir={run_dir}")
+    args = [*TINY, *QUICK, "--gin_bindings=make_strategy.num_cpu_replicas = 2",
+            "--gin_bindings=train.deterministic = True"]
+    proc = run_cli(*args, f"--run_dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Final test accuracy" in proc.stdout and "46/46" in proc.stdout
     results = json.loads((run_dir / "results.json").read_text())
@@ -46,6 +60,43 @@ def test_two_replica_run_writes_results_config_and_tensorboard(tmp_path):
                 "batch_size", "samples_per_second", "epoch_time_s", "config",
                 "operative_config", "step/loss", "step/learning_rate"):
         assert tag in tags, tag
+
+    # The same command in-process (tests/inprocess.py): the same program, to the bit.
+    inproc = run_main(*args, f"--run_dir={tmp_path / 'inprocess'}")
+    assert inproc.returncode == 0, inproc.stderr[-2000:]
+    got = json.loads((tmp_path / "inprocess" / "results.json").read_text())
+    assert _without_wall_clock(got) == _without_wall_clock(results)  # incl. weights_sha256
+    final = [line for line in proc.stdout.splitlines() if line.startswith("Final")]
+    assert [line.replace(str(tmp_path / "inprocess"), str(run_dir))
+            for line in inproc.stdout.splitlines() if line.startswith("Final")] == final
+    assert (tmp_path / "inprocess" / "config.gin").read_text() == (
+        run_dir / "config.gin").read_text()
+
+
+def test_bad_input_in_process_is_the_real_process(tmp_path):
+    """A run dir holding another config, refused both ways: the same status, stdout, stderr
+    (less a fresh process's TensorFlow start-up lines) and the same files afterwards."""
+    procs, trees = {}, {}
+    for how, run in (("process", run_cli), ("inprocess", run_main)):
+        run_dir = tmp_path / how / "run"
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "config.gin").write_text("train.epochs = 99\n")
+        (run_dir / "checkpoints" / "ckpt-1.index").write_bytes(b"previous checkpoint")
+        before = tree_state(tmp_path / how)
+        procs[how] = run(*TINY, "--gin_bindings=train.epochs = 2", f"--run_dir={run_dir}")
+        trees[how] = tree_state(tmp_path / how)
+        assert trees[how] == before
+    process, inprocess = procs["process"], procs["inprocess"]
+    assert process.returncode == inprocess.returncode == 2, process.stderr[-2000:]
+    lines = error_lines(process)
+    assert len(lines) == 1 and "holds a run with a different config" in lines[0], lines
+    assert error_lines(inprocess) == [lines[0].replace(
+        str(tmp_path / "process"), str(tmp_path / "inprocess"))]
+    own = [line for line in process.stderr.splitlines() if not line.startswith(START_UP)]
+    assert inprocess.stderr.replace(str(tmp_path / "inprocess"), str(tmp_path / "process")
+                                    ).splitlines() == own
+    assert inprocess.stdout == process.stdout
+    assert trees["inprocess"] == trees["process"]
 
 
 @pytest.mark.slow  # real CLI runs, killed and resumed: ~36 s on 2 busy cores

@@ -1,35 +1,54 @@
-"""Bad input through the real CLI: one line naming the value and the fix, exit status 2, and
-no run directory written (or, for an existing run, nothing in it changed).
+"""Bad input, catalogued: every case through the CLI's own entry point (tests/inprocess.py: the
+console script's `app.run(main, flags_parser=cli_flags.parse)` in this process).
 
-The cases run concurrently (each is a separate process that imports TensorFlow) from one
-fixture; each parametrised test then checks its own case.
+Bad flags, unknown names, malformed gin text and files, gin files that would run code, Keras'
+own optimizer arguments, every `train.*` number, booleans given as strings, unusable run
+directories, existing runs with another config or unrestorable checkpoints, missing or damaged
+data, malformed TF_CONFIG. Each case asserts: exit status 2, exactly one `error:` line on stderr
+naming the value, no traceback, nothing after the error line; no run dir written (or, for an
+existing run, `--overwrite` named in the line); and every file under the test's folder byte-for-
+byte as before. tests/test_cli.py runs one case as a real process too and compares.
 """
 
 import gzip
-import hashlib
+import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from keras_largebatch.data.sources import FASHION_MNIST_DIR
 
-from .cli import TINY, error_lines, run_cli
-
-pytestmark = pytest.mark.slow  # ~22 CLI processes, 3 at a time: over a minute on 2 cores
+from .cli import TINY, error_lines, tree_state
+from .inprocess import run_main
 
 B = "--gin_bindings="
+ATTACK = """from __gin__ import dynamic_registration
+import os
+os.system.command = 'touch {tmp}/PWNED'
+train.learning_rate = @os.system()
+"""
 CASES = {
     # name: (extra CLI args, text the single error line must contain)
+    "unknown_flag": (["--epochz=3"], "Unknown command line flag 'epochz'"),
+    "bool_flag_value": (["--overwrite=maybe"], "--overwrite=maybe"),
     "unknown_binding": ([B + "train.epochz = 3"], "epochz"),
     "unknown_configurable": ([B + "trian.epochs = 3"], "trian"),
     "malformed_gin": ([B + "train.epochs = (3"], "bad gin config"),
+    "malformed_gin_file": (["--gin_file={tmp}/bad.gin"], "(bad.gin, line 2)"),
+    "gin_dynamic_registration": (["--gin_file={tmp}/attack.gin", "--dry_run"],
+                                 "'from __gin__ import dynamic_registration' in attack.gin, "
+                                 "line 1"),
+    "gin_import_side_effects": (["--gin_file={tmp}/imports.gin"], "'import evil_module'"),
+    "gin_import_in_bindings": ([B + "import os"], "--gin_allow_imports"),
     "wrong_type": ([B + "train.epochs = 'three'"], "train.epochs must be a positive int; "
                    "got 'three'"),
     "unknown_dataset": ([B + "train.dataset = 'cifar11'"], "unknown dataset 'cifar11'"),
     "unknown_model": ([B + "train.model = 'resnet9'"], "unknown model 'resnet9'"),
     "unknown_optimizer": ([B + "train.optimizer = 'sgdd'"], "unknown optimizer 'sgdd'"),
+    "unknown_policy": ([B + "train.augment = 'nope'"], "unknown augmentation policy 'nope'"),
+    "unknown_on_divergence": ([B + "train.on_divergence = 'retry'"],
+                              "train.on_divergence must be 'stop' or 'restore'; got 'retry'"),
     "batch_not_divisible": ([B + "make_strategy.num_cpu_replicas = 2",
                              B + "train.batch_size = 255"],
                             "255 is not divisible by the 2 replicas"),
@@ -39,26 +58,61 @@ CASES = {
     "negative_batch": ([B + "train.batch_size = -8"], "batch_size must be a positive int; got -8"),
     "zero_lr": ([B + "train.learning_rate = 0.0"],
                 "learning_rate must be a positive float; got 0.0"),
+    "negative_checkpoint_every_steps": ([B + "train.checkpoint_every_steps = -1"],
+                                        "checkpoint_every_steps must be an integer >= 0"),
+    "eval_batch_size": ([B + "train.eval_batch_size = 0"], "train.eval_batch_size"),
+    "checkpoints_to_keep": ([B + "train.checkpoints_to_keep = 0"], "train.checkpoints_to_keep"),
+    "negative_seed": ([B + "train.seed = -1"], "train.seed"),
+    "log_every_steps": ([B + "train.log_every_steps = 0"], "train.log_every_steps"),
+    "deterministic_string": ([B + "train.deterministic = 'no'"],
+                             "train.deterministic='no' must be True or False"),
+    "sgd_momentum": ([B + "SGD.momentum = 1.5"], "SGD.momentum = 1.5"),
+    "sgd_nesterov_string": ([B + "SGD.nesterov = 'no'"], "SGD.nesterov='no' must be True or"),
+    "lars_weight_decay": ([B + "train.optimizer = 'lars'", B + "LARS.weight_decay = -0.01"],
+                          "weight_decay=-0.01"),
+    "lars_trust_coefficient": ([B + "train.optimizer = 'lars'",
+                                B + "LARS.trust_coefficient = 0"], "trust_coefficient=0"),
+    "lars_momentum": ([B + "train.optimizer = 'lars'", B + "LARS.momentum = 2"], "momentum=2"),
+    "augment_flip_string": ([B + "train.augment = 'standard'", B + "make_augment.flip = 'no'"],
+                            "make_augment.flip='no'"),
+    # Values whose first symptom was not an error: 0 examples read as "all of them", and an
+    # astronomical epoch count hung before the first update (the phases are found per epoch).
+    "max_test_examples_zero": ([B + "fashion_mnist.max_test_examples = 0"],
+                               "fashion_mnist.max_test_examples=0 must be >= 1"),
+    "epochs_astronomical": ([B + "train.epochs = 10000000000000000000000"],
+                            "train.epochs=10000000000000000000000 is more than 1,000,000"),
+    # inf ended as "OverflowError: cannot convert float infinity to integer", naming nothing.
+    "max_restores_infinite": ([B + "train.max_restores = 1e999"],
+                              "train.max_restores must be an integer >= 0; got inf"),
+    # Run directories (prepared in _prepare_run_dirs).
+    "different_config_run_dir": ([], "holds a run with a different config"),
+    "checkpoint_of_another_model": ([], "cannot be restored into this run"),
+    "damaged_checkpoint": ([], "ckpt-5 cannot be restored into this run"),
+    "run_dir_is_a_file": ([], "not a folder"),
+    "config_gin_not_utf8": ([], "is not UTF-8 text"),
+    "config_gin_is_a_folder": ([], "should be a file"),
+    "checkpoints_is_a_file": ([], "should be a folder"),
+    # Data and the environment.
     "missing_fashion_mnist": ([B + "fashion_mnist.data_dir = '{tmp}/absent'"],
                               "apt-get install -y dataset-fashion-mnist"),
     "truncated_fashion_mnist": ([B + "fashion_mnist.data_dir = '{tmp}/truncated'"],
                                 "holds 7839900 data bytes but its header says 7840000"),
-    "different_config_run_dir": ([], "holds a run with a different config"),
-    # Reliability (issue 8): files, checkpoints, TF_CONFIG, policies, divergence settings.
-    "malformed_gin_file": (["--gin_file={tmp}/bad.gin"], "(bad.gin, line 2)"),
-    "checkpoint_of_another_model": ([], "cannot be restored into this run"),
-    "damaged_checkpoint": ([], "ckpt-5 cannot be restored into this run"),
+    "labels_out_of_range": ([B + "fashion_mnist.data_dir = '{tmp}/badlabels'"],
+                            "labels outside 0..9"),
     "malformed_tf_config": ([], "TF_CONFIG is malformed"),
-    "unknown_policy": ([B + "train.augment = 'nope'"], "unknown augmentation policy 'nope'"),
-    "unknown_on_divergence": ([B + "train.on_divergence = 'retry'"],
-                              "train.on_divergence must be 'stop' or 'restore'; got 'retry'"),
-    "negative_checkpoint_every_steps": ([B + "train.checkpoint_every_steps = -1"],
-                                        "checkpoint_every_steps must be an integer >= 0"),
+    "tf_config_without_port": ([], "is not host:port"),
 }
 ENV = {"malformed_tf_config": {"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}, '
-                                            '"task": {"type": "worker", "index": 5}}'}}
-# Run dirs whose config.gin matches the command but whose checkpoints cannot be restored.
-PREPARED = ("checkpoint_of_another_model", "damaged_checkpoint")
+                                            '"task": {"type": "worker", "index": 5}}'},
+       "tf_config_without_port": {"TF_CONFIG": json.dumps(
+           {"cluster": {"worker": ["127.0.0.1", "127.0.0.1:2"]},
+            "task": {"type": "worker", "index": 0}})},
+       "gin_import_side_effects": {"PYTHONPATH": "{tmp}/modules"}}
+# Existing runs: the line must offer --overwrite (and the run stays as it was).
+EXISTING_RUNS = ("different_config_run_dir", "checkpoint_of_another_model", "damaged_checkpoint")
+# Run dirs that exist before the command (as something that is not a usable run).
+PREPARED = (*EXISTING_RUNS, "run_dir_is_a_file", "config_gin_not_utf8", "config_gin_is_a_folder",
+            "checkpoints_is_a_file")
 
 
 def _cli_config_text(args: list[str]) -> str:
@@ -79,6 +133,7 @@ def _cli_config_text(args: list[str]) -> str:
 
 
 def _prepare_unrestorable(run_dir: Path, name: str) -> None:
+    """config.gin matching the command, checkpoints that cannot be restored into it."""
     import tensorflow as tf
 
     from keras_largebatch.models import build_model
@@ -95,64 +150,95 @@ def _prepare_unrestorable(run_dir: Path, name: str) -> None:
     tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(ckpt_dir), 2).save(7)
 
 
-def _make_bad_gin_file(path: Path) -> None:
-    path.write_text("train.epochs = 2\ntrain.batch_size 128\n")
-
-
-def _make_truncated_copy(directory: Path) -> None:
-    directory.mkdir()
-    for f in Path(FASHION_MNIST_DIR).glob("*.gz"):
-        shutil.copy(f, directory / f.name)
-    with gzip.open(directory / "t10k-images-idx3-ubyte.gz") as f:
-        raw = f.read()
-    with gzip.open(directory / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(raw[:-100])
-
-
-def _tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(path.rglob("*")):
-        h.update(str(f.relative_to(path)).encode())
-        if f.is_file():
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bad_input")
-    _make_truncated_copy(tmp / "truncated")
-    existing = tmp / "runs" / "different_config_run_dir"
+def _prepare_run_dirs(runs: Path) -> None:
+    existing = runs / "different_config_run_dir"
     existing.mkdir(parents=True)
     (existing / "config.gin").write_text("train.epochs = 99\n")
     (existing / "checkpoints").mkdir()
     (existing / "checkpoints" / "ckpt-1.index").write_bytes(b"previous checkpoint")
-    _make_bad_gin_file(tmp / "bad.gin")
-    for name in PREPARED:
-        _prepare_unrestorable(tmp / "runs" / name, name)
-    before = {name: _tree_digest(tmp / "runs" / name)
-              for name in ("different_config_run_dir", *PREPARED)}
+    for name in ("checkpoint_of_another_model", "damaged_checkpoint"):
+        _prepare_unrestorable(runs / name, name)
+    (runs / "run_dir_is_a_file").write_text("my notes\n")
+    for name in ("config_gin_not_utf8", "config_gin_is_a_folder", "checkpoints_is_a_file"):
+        (runs / name).mkdir()
+    (runs / "config_gin_not_utf8" / "config.gin").write_bytes(b"\xff\xfe\x00bad")
+    (runs / "config_gin_is_a_folder" / "config.gin").mkdir()
+    (runs / "checkpoints_is_a_file" / "checkpoints").write_text("not a folder\n")
 
-    def run(name):
-        args = [a.format(tmp=tmp) for a in CASES[name][0]]
-        run_dir = tmp / "runs" / name
-        return name, run_cli(*TINY, *args, f"--run_dir={run_dir}", env=ENV.get(name)), run_dir
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = {name: (proc, run_dir) for name, proc, run_dir in pool.map(run, CASES)}
-    return results, before, _tree_digest
+def _copy_fashion_mnist(directory: Path) -> None:
+    directory.mkdir()
+    for f in Path(FASHION_MNIST_DIR).glob("*.gz"):
+        shutil.copy(f, directory / f.name)
+
+
+def _rewrite_gz(path: Path, change) -> None:
+    with gzip.open(path) as f:
+        raw = change(bytearray(f.read()))
+    with gzip.open(path, "wb") as f:
+        f.write(bytes(raw))
+
+
+def _prepare(tmp: Path) -> None:
+    (tmp / "bad.gin").write_text("train.epochs = 2\ntrain.batch_size 128\n")
+    (tmp / "attack.gin").write_text(ATTACK.format(tmp=tmp))
+    (tmp / "modules").mkdir()
+    (tmp / "modules" / "evil_module.py").write_text(
+        f"open({str(tmp / 'IMPORTED')!r}, 'w').write('ran')\n")
+    (tmp / "imports.gin").write_text("import evil_module\ntrain.epochs = 1\n")
+    _prepare_run_dirs(tmp / "runs")
+    _copy_fashion_mnist(tmp / "truncated")
+    _rewrite_gz(tmp / "truncated" / "t10k-images-idx3-ubyte.gz", lambda raw: raw[:-100])
+    _copy_fashion_mnist(tmp / "badlabels")
+
+    def label_12(raw):
+        raw[8 + 5] = 12  # label of example 5: class 12 of 10
+        return raw
+
+    _rewrite_gz(tmp / "badlabels" / "train-labels-idx1-ubyte.gz", label_12)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Every case, one after another; the run dirs' tree after each, the whole tree at the
+    end (the data copies are hashed once, not per case)."""
+    tmp = tmp_path_factory.mktemp("bad_input")
+    _prepare(tmp)
+    before, runs_before = tree_state(tmp), tree_state(tmp / "runs")
+    results = {}
+    for name, (args, _) in CASES.items():
+        args = [a.replace("{tmp}", str(tmp)) for a in args]
+        env = {k: v.replace("{tmp}", str(tmp)) for k, v in ENV.get(name, {}).items()}
+        proc = run_main(*TINY, *args, f"--run_dir={tmp / 'runs' / name}", env=env)
+        results[name] = proc, tree_state(tmp / "runs")
+    return tmp, results, runs_before, (before, tree_state(tmp))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_is_one_clear_line(outcomes, name):
-    results, before, digest = outcomes
-    proc, run_dir = results[name]
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-1500:])
+def test_bad_input_is_one_clear_line_and_changes_nothing(outcomes, name):
+    tmp, results, runs_before, _ = outcomes
+    proc, runs_after = results[name]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = error_lines(proc)
-    assert len(lines) == 1, proc.stderr[-1500:]
+    assert len(lines) == 1, proc.stderr[-2000:]
     assert CASES[name][1] in lines[0], lines[0]
-    if name in before:
+    assert "Traceback" not in proc.stderr
+    after = proc.stderr[proc.stderr.index(lines[0]) + len(lines[0]):]
+    assert after.strip() == "", after  # no warning lines after the error
+    run_dir = tmp / "runs" / name
+    if name in EXISTING_RUNS:
         assert "--overwrite" in lines[0]
-        assert digest(run_dir) == before[name]  # the existing run and checkpoints untouched
-    else:
+    if name not in PREPARED:
         assert not run_dir.exists()  # nothing half-written
+    assert runs_after == runs_before  # the existing runs and checkpoints untouched
+
+
+def test_no_case_changed_anything_anywhere(outcomes):
+    _, _, _, (before, after) = outcomes
+    assert after == before  # nothing created, changed or removed: data copies, gin files
+
+
+def test_the_config_attacks_did_not_run(outcomes):
+    tmp, _, _, _ = outcomes
+    assert not (tmp / "PWNED").exists()
+    assert not (tmp / "IMPORTED").exists()
