@@ -30,6 +30,7 @@ import keras
 from keras_largebatch import schedules
 from keras_largebatch.data import augment, sources
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.goodput.batch import GoodputBatch
 from keras_largebatch.models import registry
 from keras_largebatch.optimizers import LARS, BAMomentum
 from keras_largebatch.training import loop, strategy
@@ -88,6 +89,7 @@ def register_configurables() -> Configurables:
     )
     for name in SCHEDULES:
         gin.external_configurable(getattr(schedules, name), module="keras_largebatch.schedules")
+    gin.external_configurable(GoodputBatch, module="keras_largebatch.goodput")
     train = gin.external_configurable(loop.train, name="train", denylist=list(NOT_BINDABLE))
     return Configurables(train=train, components=components)
 

@@ -62,6 +62,9 @@ FULL_TRAIN_LOSS = "full_train_loss"        # on the whole training set (train.ev
 FULL_TRAIN_ACCURACY = "full_train_accuracy"
 SAMPLES_PER_SECOND = "samples_per_second"
 EPOCH_TIME_S = "epoch_time_s"
+STEP_TIME_S = "step_time_s"                # per update, the epoch's first update left out
+REPLICAS_KEY = "replicas"                  # replicas in sync that trained the epoch
+GOODPUT_DECISION = "goodput_decision"      # GoodputBatch's decision after the epoch, if any
 
 # ---- Statuses ------------------------------------------------------------------------------------
 COMPLETED = "completed"

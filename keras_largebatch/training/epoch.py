@@ -35,6 +35,7 @@ class EpochRunner:
         self.actions, self.evaluate, self.lars = list(actions), evaluate, lars
         self.test_data, self.train_data = test_data, train_data
         self.verbose = config.logging.verbose
+        self.epoch_end_hook = None  # callable(epoch) after the record, before epoch-end actions
 
     # ---- the updates ---------------------------------------------------------------------
     def run(self, epoch: int, phase, position: Position) -> tuple[Position, Stop | None]:
@@ -54,11 +55,14 @@ class EpochRunner:
                   f"{phase.batch_size}, {steps} steps)", flush=True)
         epoch_lr = self._begin(Position(epoch, skip, position.updates))
         epoch_start = time.perf_counter()
+        steady_start, steady_from = None, None  # after the epoch's first update (step time)
         bar_every = max(1, steps // 40)
         updates, i = position.updates, skip
         while i < steps:
             parts.step(inputs["iterator"])
             updates, i = updates + 1, i + 1
+            if steady_start is None:
+                steady_start, steady_from = time.perf_counter(), i
             if self.verbose and (i % bar_every == 0 or i == steps):
                 bar.update(i, list(parts.metrics.result().items()))
             outcome = self._act(StepOutput(updates=updates, epoch=epoch, step=i, steps=steps))
@@ -71,7 +75,12 @@ class EpochRunner:
                 release_in_background(inputs)
                 inputs = self._inputs(epoch, phase, i)
         release_in_background(inputs)  # destroying an iterator can block: see inputs.py
-        self._record(epoch, phase, steps, skip, epoch_lr, time.perf_counter() - epoch_start)
+        end = time.perf_counter()
+        step_time = ((end - steady_start) / (steps - steady_from) if steps > steady_from
+                     else (end - epoch_start) / max(steps - skip, 1))
+        self._record(epoch, phase, steps, skip, epoch_lr, end - epoch_start, step_time)
+        if self.epoch_end_hook is not None:  # e.g. GoodputBatch's decision, before the save
+            self.epoch_end_hook(epoch)
         progress.begin_epoch(epoch + 1, steps)
         outcome = self._act(StepOutput(updates=updates, epoch=epoch, step=steps, steps=steps,
                                        epoch_end=True))
@@ -101,7 +110,7 @@ class EpochRunner:
 
     # ---- the record ----------------------------------------------------------------------
     def _record(self, epoch: int, phase, steps: int, skip: int, epoch_lr: float,
-                epoch_time: float) -> None:
+                epoch_time: float, step_time: float) -> None:
         parts, repeats = self.parts, self.config.data.repeats
         train_result = parts.metrics.result()
         test_result = self.evaluate(self.test_data)
@@ -122,6 +131,8 @@ class EpochRunner:
                 rs.FULL_TRAIN_ACCURACY: full["accuracy"]} if full else {}),
             rs.SAMPLES_PER_SECOND: (steps - skip) * phase.batch_size / epoch_time,
             rs.EPOCH_TIME_S: epoch_time,
+            rs.STEP_TIME_S: step_time,
+            rs.REPLICAS_KEY: self.strategy.num_replicas_in_sync,
         }
         self.checkpointer.history.append(record)
         self.summaries.scalars({

@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras_largebatch.data import DataSource, get_source
 from keras_largebatch.data.eval_inputs import eval_dataset_fn
 from keras_largebatch.errors import as_user_error
+from keras_largebatch.goodput.adascale import AdaScaled
 from keras_largebatch.optimizers.lars_callback import find_lars
 from keras_largebatch.schedules.progress import default_progress
 from keras_largebatch.studies import results as rs
@@ -40,6 +41,7 @@ from keras_largebatch.training.checkpoint import Checkpointer
 from keras_largebatch.training.components import Components
 from keras_largebatch.training.divergence import DivergenceGuard
 from keras_largebatch.training.epoch import EpochRunner
+from keras_largebatch.training.goodput_control import GoodputControl
 from keras_largebatch.training.precision import precision_policy
 from keras_largebatch.training.run_config import RunConfig
 from keras_largebatch.training.run_lock import RunDirLock
@@ -68,6 +70,7 @@ def train(
     max_per_replica_batch: int | None = None,
     lr_scaling: str = "none",
     lr_reference_batch_size: int = 1,
+    gradient_noise_scale: bool | None = None,
     jit_compile: bool = False,
     precision: str = "float32",
     eval_batch_size: int = 1000,
@@ -99,7 +102,10 @@ def train(
     `adapt_grad_norm_every=N` rescales the loss as the seed-003 authors' code does. `batch_schedule`
     (AdaBatch, PiecewiseBatch, ...) replaces `batch_size` by phase, and its LR multiplier is
     applied to `learning_rate` (a float or epoch-keyed schedule); `lr_scaling` = "linear" |
-    "sqrt" scales it with the phase's batch relative to `lr_reference_batch_size`. A per-replica
+    "sqrt" scales it with the phase's batch relative to `lr_reference_batch_size`, "adascale"
+    by AdaScale's gain from the measured gradient noise scale (goodput/adascale.py);
+    `gradient_noise_scale` measures |G|^2, tr(Sigma) and B_simple (goodput/noise_scale.py; None:
+    on where AdaScale or GoodputBatch needs it). A per-replica
     batch above `max_per_replica_batch` is split into equal micro-batches whose gradients are
     accumulated into one update. `eval_train_set` also evaluates the loss on the whole training
     set each epoch (seed 002's training-loss curves). `extra_actions` run after every update
@@ -127,7 +133,8 @@ def train(
         checkpoint_every_steps=checkpoint_every_steps, deterministic=deterministic,
         on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,
         divergence_lr_factor=divergence_lr_factor, max_restores=max_restores, verbose=verbose,
-        extra_actions=extra_actions, precision=precision)
+        extra_actions=extra_actions, precision=precision,
+        gradient_noise_scale=gradient_noise_scale)
     return run(config, run_dir=run_dir, overwrite=overwrite, config_text=config_text,
                operative_config=operative_config, strategy=strategy,
                components=components or Components(), signals=signals or SignalCatcher(),
@@ -184,6 +191,8 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
         progress.begin_epoch(0, 1)  # this loop drives the clock (restore sets the real position)
         parts = build.build_parts(config, components, strategy, source, progress,
                                   learning_rate=learning_rate, guard=guard)
+        if isinstance(learning_rate, AdaScaled):  # AdaScale reads the step's noise statistics
+            learning_rate.attach(parts.step.noise_scale.stats)
         evaluate = build.evaluate_fn(parts.model, strategy)  # sharded: replicas and workers
         test_data = eval_dataset_fn(source, split="test", batch_size=config.data.eval_batch_size)
         train_data = (eval_dataset_fn(source, split="train",
@@ -209,9 +218,17 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
             metrics=parts.metrics, strategy=strategy, chief=chief, step=parts.step,
             lr_multiplier=guard.lr_multiplier, keep=ckpt.keep, overwrite=overwrite, verbose=verbose)
         position = checkpointer.restore()  # refused (UserInputError) before any write
+        schedule = build.batch_schedule_of(config)
+        control = None
+        if getattr(schedule, "adaptive", False):  # GoodputBatch: decisions from the checkpoint
+            control = GoodputControl(schedule, config=config, source=source, replicas=replicas,
+                                     step=parts.step, summaries=None, verbose=verbose)
+            phases = control.resume(checkpointer.state)
         if chief:
             rundir.prepare(run_dir, config_text, overwrite=overwrite)
         summaries = Summaries(run_dir, enabled=chief)
+        if control is not None:
+            control.summaries = summaries
         if isinstance(parts.step, BAChunkStep):
             parts.step.summary_writer = summaries.writer  # per-update ba/* scalars, in-graph
         if config_text:
@@ -230,7 +247,7 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
             *([sync] if sync else []),
             StepSummaries(summaries, metrics=parts.metrics, progress=progress,
                           current_lr=lambda: build.current_lr(parts.optimizer),
-                          batch_size=lambda epoch: phase_of(phases, epoch).batch_size,
+                          batch_size=lambda epoch: schedule.batch_size(float(epoch)),
                           log_every_steps=config.logging.every_steps),
             *config.extra_actions,
             divergence,
@@ -246,22 +263,29 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
                          progress=progress, checkpointer=checkpointer, summaries=summaries,
                          actions=actions, evaluate=evaluate, test_data=test_data,
                          train_data=train_data, lars=find_lars(parts.optimizer))
+    plan = {"phases": phases}  # re-planned when an adaptive schedule decides (GoodputBatch)
+    if control is not None:
+        runner.epoch_end_hook = lambda epoch: _replan(
+            plan, control.after_epoch(epoch, checkpointer.history))
     wall_start = time.perf_counter()
     stop: Stop | None = None
+    entered = None
     try:
-        for index, phase in enumerate(phases):
-            if phase.end_epoch <= position.epoch or stop is not None:
-                continue
-            if index and phase.start_epoch >= position.epoch and verbose:
-                print(f"Phase {index}: global batch {phase.batch_size} from epoch "
-                      f"{phase.start_epoch}", flush=True)
-            summaries.text("events", f"phase {index}: batch {phase.batch_size}, lr x"
-                           f"{phase.lr_multiplier} from epoch {phase.start_epoch}",
-                           step=phase.start_epoch)
-            for epoch in range(max(phase.start_epoch, position.epoch), phase.end_epoch):
-                position, stop = runner.run(epoch, phase, position)
-                if stop is not None:
-                    break
+        while position.epoch < o.epochs and stop is None:
+            epoch = position.epoch
+            phase = phase_of(plan["phases"], epoch)
+            if phase != entered:
+                index = plan["phases"].index(phase)
+                if index and phase.start_epoch >= epoch and verbose:
+                    print(f"Phase {index}: global batch {phase.batch_size} from epoch "
+                          f"{phase.start_epoch}", flush=True)
+                summaries.text("events", f"phase {index}: batch {phase.batch_size}, lr x"
+                               f"{phase.lr_multiplier} from epoch {phase.start_epoch}",
+                               step=phase.start_epoch)
+                entered = phase
+            if control is not None:
+                control.enter_epoch(epoch)
+            position, stop = runner.run(epoch, phase, position)
     except cluster.COLLECTIVE_ERRORS as e:  # a peer died or hung: every worker must restart
         if not multi_worker:
             raise
@@ -300,6 +324,11 @@ def _run(config: RunConfig, *, run_dir: str, components: Components, signals: Si
             print(f"Final test accuracy: {test_acc[-1]:.4f} (best {max(test_acc):.4f}); "
                   f"results in {os.path.join(run_dir, rs.RESULTS_FILE)}", flush=True)
     return results
+
+
+def _replan(plan: dict, phases: list | None) -> None:
+    if phases is not None:
+        plan["phases"] = phases
 
 
 def phase_of(phases: list, epoch: int):
