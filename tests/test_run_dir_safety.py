@@ -1,23 +1,24 @@
-"""--run_dir safety through the real CLI: --overwrite removes only what a run writes and refuses
-a user's own folder, a symbolic link, the current folder, a home folder and /; two processes
-never share a run dir (the second is refused, naming the first's PID), and the lock of a killed
-run does not block its rerun. Refusals: exit 2, exactly one `error:` line, no traceback, and
-every file of the run dir and of the user's folder byte-identical afterwards.
+"""--run_dir safety through the CLI's entry point: --overwrite removes only what a run writes and
+refuses a user's own folder, a symbolic link, the current folder, a home folder and /; two
+processes never share a run dir (the second is refused, naming the first's PID), and the lock of
+a killed run does not block its rerun. Refusals: exit 2, exactly one `error:` line, no
+traceback, and every file of the run dir and of the user's folder byte-identical afterwards.
+
+The refusals and reruns run in-process (tests/inprocess.py); the run that holds the lock is a
+real process, since what is checked is another process's lock.
 """
 
 import json
 import os
 import signal
 import subprocess
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from .cli import REPO, TINY, cli_command, error_lines, run_cli, tree_state
-
-pytestmark = pytest.mark.slow  # ~10 CLI processes, 3 at a time
+from .cli import REPO, TINY, cli_command, error_lines, tree_state
+from .inprocess import run_main
+from .waiting import wait_until
 
 B = "--gin_bindings="
 CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 6000",
@@ -86,15 +87,11 @@ def outcomes(tmp_path_factory):
         where, extra, env, cwd, _ = REFUSED[name]
         run_dir = where if where in ("/", ".") else str(tmp / where)
         env = {k: v.format(tmp=tmp) for k, v in (env or {}).items()}
-        return run_cli(*(ABS_CONFIG if cwd else CONFIG), *extra, f"--run_dir={run_dir}",
-                       env=env, cwd=tmp / cwd if cwd else None)
+        return run_main(*(ABS_CONFIG if cwd else CONFIG), *extra, f"--run_dir={run_dir}",
+                        env=env, cwd=tmp / cwd if cwd else None)
 
-    jobs = {name: (refused, name) for name in REFUSED}
-    jobs["overwrite_run"] = (lambda _: run_cli(*CONFIG, "--overwrite",
-                                               f"--run_dir={tmp / 'overwritten'}"), None)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(fn, arg) for name, (fn, arg) in jobs.items()}
-        procs = {name: f.result() for name, f in futures.items()}
+    procs = {name: refused(name) for name in REFUSED}
+    procs["overwrite_run"] = run_main(*CONFIG, "--overwrite", f"--run_dir={tmp / 'overwritten'}")
     after = {name: tree_state(tmp / name) for name in watched}
     return tmp, procs, before, after
 
@@ -135,12 +132,11 @@ def test_second_process_on_a_run_dir_is_refused_and_a_killed_holder_does_not_blo
         [*cli_command([f"hold_at_step=6:{flag}"]), *CONFIG, f"--run_dir={run_dir}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 300
-        while not flag.exists() and first.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
+        wait_until(lambda: flag.exists() or first.poll() is not None, timeout=300,
+                   what="the first run to reach update 6")
         assert flag.exists(), first.communicate(timeout=60)
         before = tree_state(run_dir, skip_content="tensorboard/")  # events may still flush
-        second = run_cli(*CONFIG, f"--run_dir={run_dir}")
+        second = run_main(*CONFIG, f"--run_dir={run_dir}")  # this process: another PID
         assert tree_state(run_dir, skip_content="tensorboard/") == before
         assert second.returncode == 2, second.stderr[-2000:]
         assert "Traceback" not in second.stderr
@@ -151,7 +147,7 @@ def test_second_process_on_a_run_dir_is_refused_and_a_killed_holder_does_not_blo
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
     assert (run_dir / "checkpoints" / "ckpt-4.index").exists()
-    rerun = run_cli(*CONFIG, f"--run_dir={run_dir}")  # the killed holder's lock is gone
+    rerun = run_main(*CONFIG, f"--run_dir={run_dir}")  # the killed holder's lock is gone
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "Resuming" in rerun.stdout and "ckpt-4" in rerun.stdout, rerun.stdout[-1500:]
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
