@@ -2,13 +2,15 @@
 
     KERAS_BACKEND=jax PYTHONPATH=.jax-packages .venv/bin/python bench/backends.py [--batch 256]
     KERAS_BACKEND=torch python bench/backends.py --data_dir DIR     # where PyTorch is installed
+    .venv/bin/python bench/backends.py --smoke     # ResNet-8, batch 16, 1 step, 1 round: runs only
 
-Backend-neutral (Keras and NumPy only; no TensorFlow), so it runs on JAX, PyTorch and
-TensorFlow alike, on whatever device the backend picks (a GPU if there is one). Data: the real
-Fashion-MNIST training images, read from the IDX files in `--data_dir` with gzip/NumPy,
-scaled to [0, 1]. Two comparisons, each between two ResNet-20s (`build_model("resnet20")`,
-28x28x1, 10 classes) that start from the same weights, trained with plain `model.fit` (the
-backend's default compilation, e.g. jit on JAX) on the same `--steps` x `--batch` images:
+Backend-neutral (Keras and NumPy only; no TensorFlow), so it runs on JAX, PyTorch and TensorFlow
+alike, on whatever device the backend picks (a GPU if there is one). Data: the real
+Fashion-MNIST training images, read from the IDX files in `--data_dir` with gzip/NumPy, scaled
+to [0, 1]. Two comparisons, each between two ResNet-20s (`build_model("resnet20")`, or
+`--model`; --smoke: resnet8), 28x28x1, 10 classes) that start from the same weights, trained
+with plain `model.fit` (the backend's default compilation, e.g. jit on JAX) on the same
+`--steps` x `--batch` images:
 
 1. optimizer: `keras.optimizers.SGD(0.1, momentum=0.9)` vs `LARS(0.1, momentum=0.9,
    weight_decay=5e-4)` (every variable adapted, the library default), Keras BN in both;
@@ -19,23 +21,20 @@ backend's default compilation, e.g. jit on JAX) on the same `--steps` x `--batch
    each covariance mode, fed chunks of that size: time per sample (BA applies fewer, larger
    updates; its extra cost is the per-example statistics of every chunk).
 
-The first `fit` of each model (compilation) is not timed; then the two alternate for
-`--rounds` rounds (A B, then B A, ...) so both see the same machine state. Printed: median
-images/s of each and the median of the per-round time ratios (B / A; 1.00 = no cost). Not a
-test.
+The first `fit` of each model (compilation) is not timed; then the two alternate for `--rounds`
+rounds (A B, then B A, ...: bench/timing.py's `alternate`) so both see the same machine state.
+Printed: median images/s of each and the median of the per-round time ratios (B / A; 1.00 = no
+cost). Not a test.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
-import platform
-import statistics
-import time
 
 import keras
 import numpy as np
+from timing import alternate, bench_parser, median, ratios, seconds, session, smoke, spread
 
 from keras_largebatch.models import build_model
 from keras_largebatch.optimizers import LARS
@@ -56,9 +55,10 @@ def load(data_dir: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (x.astype("float32") / 255.0)[..., None], y.astype("int32")
 
 
-def model(bn_batch_size: int | None, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+def model(bn_batch_size: int | None, optimizer: keras.optimizers.Optimizer,
+          name: str = "resnet20") -> keras.Model:
     keras.utils.set_random_seed(0)  # the same initial weights for both sides of a pair
-    m = build_model("resnet20", input_shape=(28, 28, 1), num_classes=10,
+    m = build_model(name, input_shape=(28, 28, 1), num_classes=10,
                     bn_batch_size=bn_batch_size)
     m.compile(optimizer=optimizer, metrics=["accuracy"],
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -67,41 +67,40 @@ def model(bn_batch_size: int | None, optimizer: keras.optimizers.Optimizer) -> k
 
 def compare(name: str, a: keras.Model, b: keras.Model, x, y, args, batch=None) -> None:
     def fit(m) -> float:
-        began = time.perf_counter()
-        m.fit(x, y, batch_size=batch or args.batch, epochs=1, shuffle=False, verbose=0)
-        return time.perf_counter() - began
+        return seconds(lambda: m.fit(x, y, batch_size=batch or args.batch, epochs=1,
+                                     shuffle=False, verbose=0))
 
     fit(a), fit(b)  # compile (not timed)
-    times = {"a": [], "b": []}
-    for r in range(args.rounds):
-        for key in ("ab" if r % 2 == 0 else "ba"):
-            times[key].append(fit(a if key == "a" else b))
-    ratios = [tb / ta for ta, tb in zip(times["a"], times["b"])]
-    per_s = {k: len(x) / statistics.median(v) for k, v in times.items()}
-    print(f"{name}: {per_s['a']:,.0f} vs {per_s['b']:,.0f} img/s; time ratio "
-          f"{statistics.median(ratios):.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f})",
-          flush=True)
+    times = alternate({"a": lambda _r: fit(a), "b": lambda _r: fit(b)}, args.rounds)
+    per_s = {k: len(x) / median(v) for k, v in times.items()}
+    print(f"{name}: {per_s['a']:,.0f} vs {per_s['b']:,.0f} img/s; "
+          f"{spread('time ratio', ratios(times['b'], times['a']))}", flush=True)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = bench_parser(__doc__)
     p.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--virtual_batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=40, help="steps per timed fit")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--ba_chunk", type=int, default=128, help="BA's min_increment (0: skip)")
-    args = p.parse_args(argv)
+    p.add_argument("--model", default="resnet20", help="the network of comparisons 1 and 2")
+    args = smoke(p.parse_args(argv), batch=16, virtual_batch=8, steps=1, rounds=1, ba_chunk=16,
+                 model="resnet8")
     x, y = load(args.data_dir, args.steps * args.batch)
-    load_avg = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    print(f"backend {keras.backend.backend()}, Keras {keras.__version__}, "
-          f"{platform.processor() or platform.machine()}, batch {args.batch}, "
-          f"{args.steps} steps x {args.rounds} rounds, load {load_avg}", flush=True)
+    with session(f"backend {keras.backend.backend()}, Keras {keras.__version__}, batch "
+                 f"{args.batch}, {args.steps} steps x {args.rounds} rounds"):
+        measure(x, y, args)
+
+
+def measure(x, y, args) -> None:
     sgd = lambda: keras.optimizers.SGD(0.1, momentum=0.9)
-    compare("SGD momentum vs LARS (Keras BN)", model(None, sgd()),
-            model(None, LARS(0.1, momentum=0.9, weight_decay=5e-4)), x, y, args)
-    compare(f"Keras BN vs ghost BN {args.virtual_batch} (SGD momentum)", model(None, sgd()),
-            model(args.virtual_batch, sgd()), x, y, args)
+    net = args.model
+    compare(f"SGD momentum vs LARS (Keras BN, {net})", model(None, sgd(), net),
+            model(None, LARS(0.1, momentum=0.9, weight_decay=5e-4), net), x, y, args)
+    compare(f"Keras BN vs ghost BN {args.virtual_batch} (SGD momentum, {net})",
+            model(None, sgd(), net), model(args.virtual_batch, sgd(), net), x, y, args)
     if args.ba_chunk:
         compare_ba(x, y, args)
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/batch_aug_pipeline.py
     .venv/bin/python bench/batch_aug_pipeline.py --steps 40 --pipeline_steps 300 --rounds 3
+    .venv/bin/python bench/batch_aug_pipeline.py --smoke   # B = 16, 1 round of 2 steps: runs only
 
 Real Fashion-MNIST (`get_source("fashion_mnist")`), policy "cutout" (pad 2 + crop, Cutout 8x8
 filled with the mean), global batch B (`--batch`, 64) of distinct samples, M copies each
@@ -19,23 +20,23 @@ filled with the mean), global batch B (`--batch`, 64) of distinct samples, M cop
       = time in next() / total time (issue goal: < 5%).
 
 Each measurement is preceded by an untimed warm-up (tracing, prefetch fill) and repeated
-`--rounds` times; the median is printed. On 2 CPU cores the pipeline's threads and the model
+`--rounds` times; the median is printed. In (3) the three measurements alternate (a b c, b c a,
+c a b, ...: bench/timing.py's `alternate`). On 2 CPU cores the pipeline's threads and the model
 share the same cores, so (3a) vs (2) also shows any slowdown from contention that (3b) misses.
 Not a test.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import alternate, bench_parser, median, ratios, session, smoke  # noqa: E402
 
 from keras_largebatch.data import get_source, train_dataset_fn  # noqa: E402
 from keras_largebatch.data.augment import make_augment  # noqa: E402
@@ -124,50 +125,56 @@ def wait_fraction(strategy, step, source, augment, *, batch, repeats, steps, epo
     return waiting / total, steps * batch * repeats / total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = bench_parser(__doc__)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     parser.add_argument("--pipeline_steps", type=int, default=300,
                         help="timed batches per pipeline-alone measurement")
     parser.add_argument("--rounds", type=int, default=3, help="repeats; the median is shown")
     parser.add_argument("--batch", type=int, default=64, help="global batch B (distinct)")
-    args = parser.parse_args()
+    args = smoke(parser.parse_args(argv), steps=2, pipeline_steps=2, rounds=1, batch=16)
 
     source = get_source("fashion_mnist")
     augment = make_augment("cutout", input_shape=source.input_shape, mean=source.mean)
     strategy = make_strategy()
-    print(f"{platform.node()}: {os.cpu_count()} CPU cores, "
-          f"{len(tf.config.list_physical_devices('GPU'))} GPU, TF {tf.__version__}, "
-          f"keras {keras.__version__}; {augment}; B={args.batch}, {args.steps} steps x "
-          f"{args.rounds} rounds (median)")
-    med = statistics.median
-    kw = dict(batch=args.batch, steps=args.steps)
+    with session(f"{platform.node()}: {len(tf.config.list_physical_devices('GPU'))} GPU, "
+                 f"TF {tf.__version__}, keras {keras.__version__}; {augment}; B={args.batch}, "
+                 f"{args.steps} steps x {args.rounds} rounds (median)"):
+        measure(args, source, augment, strategy)
 
+
+def measure(args, source, augment, strategy) -> None:
+    kw = dict(batch=args.batch, steps=args.steps)
     print("\n  M   pipeline alone   model alone   pipeline/model   (examples/s, M*B per step)")
     steps_by_m = {}
     for m in (1, 4, 8):
-        pipe = med(pipeline_rate(source, augment, repeats=m, epoch=r, batch=args.batch,
-                                 steps=args.pipeline_steps)
-                   for r in range(args.rounds))
+        pipe = median([pipeline_rate(source, augment, repeats=m, epoch=r, batch=args.batch,
+                                     steps=args.pipeline_steps)
+                       for r in range(args.rounds)])
         steps_by_m[m] = step = make_train_step(strategy, m)
-        model = med(model_rate(strategy, step, source, augment, repeats=m, **kw)
-                    for _ in range(args.rounds))
+        model = median([model_rate(strategy, step, source, augment, repeats=m, **kw)
+                        for _ in range(args.rounds)])
         print(f"  {m:<3d} {pipe:14,.0f}   {model:11,.0f}   {pipe / model:14.1f}x", flush=True)
 
     m = 4
     step = steps_by_m[m]
-    e2e, model, waits = [], [], []
-    for r in range(args.rounds):  # alternate, so all three see the same machine load
-        e2e.append(end_to_end_rate(strategy, step, source, augment, repeats=m, epoch=r, **kw))
-        model.append(model_rate(strategy, step, source, augment, repeats=m, **kw))
-        waits.append(wait_fraction(strategy, step, source, augment, repeats=m, epoch=r, **kw))
+    got = alternate({  # so all three see the same machine load
+        "e2e": lambda r: end_to_end_rate(strategy, step, source, augment, repeats=m, epoch=r,
+                                         **kw),
+        "model": lambda r: model_rate(strategy, step, source, augment, repeats=m, **kw),
+        "waits": lambda r: wait_fraction(strategy, step, source, augment, repeats=m, epoch=r,
+                                         **kw),
+    }, args.rounds)
+    e2e, model, waits = got["e2e"], got["model"], got["waits"]
+    per_round = ratios(e2e, model)
     print(f"\nM = {m}, real pipeline feeding the CNN:")
-    print(f"  TrainStep(iterator) end to end: {med(e2e):,.0f} examples/s; in-memory input: "
-          f"{med(model):,.0f}; ratio {med(a / b for a, b in zip(e2e, model)):.1%} "
-          f"(rounds: {', '.join(f'{a / b:.1%}' for a, b in zip(e2e, model))})")
-    print(f"  time waiting in next(iterator): {med(w for w, _ in waits):.2%} of step time "
+    print(f"  TrainStep(iterator) end to end: {median(e2e):,.0f} examples/s; in-memory input: "
+          f"{median(model):,.0f}; ratio {median(per_round):.1%} "
+          f"(rounds: {', '.join(f'{x:.1%}' for x in per_round)})")
+    print(f"  time waiting in next(iterator): {median([w for w, _ in waits]):.2%} of step time "
           f"(rounds: {', '.join(f'{w:.2%}' for w, _ in waits)}; "
-          f"{med(r for _, r in waits):,.0f} examples/s)")
+          f"{median([r for _, r in waits]):,.0f} examples/s)")
+
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ Run (from the repository root):
 
     .venv/bin/python bench/checkpoint_overhead.py
     .venv/bin/python bench/checkpoint_overhead.py --models cnn_fashion --repeats 20
+    .venv/bin/python bench/checkpoint_overhead.py --smoke   # CNN, batch 16, 1 repeat: runs only
 
 For each model (real Fashion-MNIST shapes, momentum SGD, global batch 128, one replica) the
 framework's `Checkpointer` is built as the loop builds it (model, optimizer slots, Progress,
@@ -19,18 +20,15 @@ Printed per model: parameters, checkpoint size, and the times in ms, plus the sa
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import shutil
-import statistics
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import bench_parser, median, seconds, session, smoke  # noqa: E402
 
 from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
@@ -43,12 +41,7 @@ from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 
 
 def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median([seconds(fn) for _ in range(repeats)])
 
 
 def bench(model_name: str, repeats: int, batch: int) -> dict:
@@ -91,14 +84,17 @@ def bench(model_name: str, repeats: int, batch: int) -> dict:
             "loss_check": loss_check}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = bench_parser(__doc__)
     parser.add_argument("--models", nargs="+", default=["cnn_fashion", "resnet20"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=128)
-    args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"TF {tf.__version__}, batch {args.batch}, median of {args.repeats}")
+    args = smoke(parser.parse_args(argv), models=["cnn_fashion"], repeats=1, batch=16)
+    with session(f"TF {tf.__version__}, batch {args.batch}, median of {args.repeats}"):
+        report(args)
+
+
+def report(args) -> None:
     print(f"{'model':12s} {'params':>9s} {'ckpt MB':>8s} {'update':>8s} {'save':>8s} "
           f"{'restore':>8s} {'finite':>8s} {'loss chk':>8s}  save/(1000 updates)")
     for name in args.models:

@@ -1,6 +1,7 @@
 """Why plain `model.fit` slows down after its first epoch: a minimal reproduction.
 
     .venv/bin/python bench/fit_slowdown.py [--epochs 3] [--examples 60000] [--cases a,b,c]
+    .venv/bin/python bench/fit_slowdown.py --smoke    # 2 epochs of 320 images: runs only
 
 One `model.fit(epochs=E)` per case on the seed-002 CNN, batch 128, SGD momentum 0.9, real
 Fashion-MNIST already normalised in memory. A callback times every epoch (on_epoch_begin ->
@@ -16,7 +17,6 @@ BUILD_NOTES.md ("model.fit after its first epoch").
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import bench_parser, session, smoke  # noqa: E402
 
 from keras_largebatch.data import get_source  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
@@ -87,9 +88,10 @@ def run_case(case: str, x, y, source, epochs: int) -> EpochTimer:
         model.fit(x[:n], y[:n], batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[timer])
     elif case == "tfdata":
         data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).batch(BATCH)
-        model.fit(data.prefetch(2), epochs=epochs, verbose=0, callbacks=[timer])
+        model.fit(data.prefetch(2), epochs=epochs, verbose=0, callbacks=[timer],
+                  shuffle=False)  # the dataset shuffles; True only draws Keras' warning
     else:
-        raise SystemExit(f"error: unknown case {case!r}")
+        raise SystemExit(f"error: unknown case {case!r}; choose from numpy, numpy_div, tfdata")
     images = (len(x) // BATCH * BATCH) if case == "numpy_div" else len(x)
     rates = " ".join(f"{images / t:.0f}" for t in timer.times)
     print(f"{case:10s} img/s per epoch: {rates}   traces after each epoch: {timer.traces}",
@@ -97,17 +99,17 @@ def run_case(case: str, x, y, source, epochs: int) -> EpochTimer:
     return timer
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = bench_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--examples", type=int, default=60000)
     parser.add_argument("--cases", default="numpy,numpy_div,tfdata")
-    args = parser.parse_args()
+    args = smoke(parser.parse_args(argv), epochs=2, examples=320)  # 2 x 128 + 64: partial
     x, y, source = normalized_arrays(args.examples)
-    print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    for case in args.cases.split(","):
-        run_case(case, x, y, source, args.epochs)
-    print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    with session(f"model.fit per epoch: seed-002 CNN, batch {BATCH}, {args.examples} images, "
+                 f"{args.epochs} epochs"):
+        for case in args.cases.split(","):
+            run_case(case, x, y, source, args.epochs)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,16 @@ Run (from the repository root):
 
     .venv/bin/python bench/lars_overhead.py
     .venv/bin/python bench/lars_overhead.py --models cnn_fashion --rounds 8 --steps 30
+    .venv/bin/python bench/lars_overhead.py --smoke     # CNN, 1 round of 1 step: runs, no number
 
-For each model (the seed-002 Fashion-MNIST CNN and ResNet-20, on real Fashion-MNIST
-training images, global batch 128) two copies start from the same weights, one with
-`keras.optimizers.SGD(momentum=0.9)` and one with `LARS(momentum=0.9,
-weight_decay=5e-4)`. Each has its own compiled train step (forward, loss, gradient,
-`optimizer.apply_gradients`). After one untimed warm-up round each, the two alternate
-for `--rounds` rounds of `--steps` steps (order A B, then B A, ...) so both see the
-same machine load; the batches cycle through the first `--batches` batches of the
-training set, already in memory, so no input-pipeline time is measured.
+For each model (the seed-002 Fashion-MNIST CNN and ResNet-20, on real Fashion-MNIST training
+images, global batch 128) two copies start from the same weights, one with
+`keras.optimizers.SGD(momentum=0.9)` and one with `LARS(momentum=0.9, weight_decay=5e-4)`. Each
+has its own compiled train step (forward, loss, gradient, `optimizer.apply_gradients`). After
+one untimed warm-up round each, the two alternate for `--rounds` rounds of `--steps` steps
+(order A B, then B A, ...) so both see the same machine load (bench/timing.py's `alternate`);
+the batches cycle through the first `--batches` batches of the training set, already in memory,
+so no input-pipeline time is measured.
 
 Printed: median images/s of each optimizer and the LARS/SGD step-time ratio (median of
 the per-round ratios, with their range). On a shared, busy machine the per-round ratio
@@ -24,16 +25,13 @@ ratio it implies, 1 + (LARS update - SGD update) / SGD step. The issue's goal is
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import alternate, bench_parser, median, ratios, seconds, session, smoke  # noqa: E402
 
 from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
 from keras_largebatch.models import build_model, model_names  # noqa: E402
@@ -89,13 +87,14 @@ def make_apply_only(model: keras.Model, optimizer, batch):
 
 def run_round(step, batches, steps: int) -> float:
     """Seconds for `steps` train steps (synchronised on the last loss)."""
-    start = time.perf_counter()
-    loss = None
-    for i in range(steps):
-        x, y = batches[i % len(batches)]
-        loss = step(x, y)
-    float(loss)
-    return time.perf_counter() - start
+    def steps_then_sync():
+        loss = None
+        for i in range(steps):
+            x, y = batches[i % len(batches)]
+            loss = step(x, y)
+        float(loss)
+
+    return seconds(steps_then_sync)
 
 
 def bench_model(name: str, batches, *, rounds: int, steps: int, jit: bool) -> dict:
@@ -115,15 +114,15 @@ def bench_model(name: str, batches, *, rounds: int, steps: int, jit: bool) -> di
         run_round(step_fns[key], batches, 2)  # trace + warm up
         apply_fns[key] = make_apply_only(model, optimizer, batches[0])
         run_round(apply_fns[key], batches, 2)
-    step_times = alternate(step_fns, batches, rounds=rounds, steps=steps)
-    apply_times = alternate(apply_fns, batches, rounds=rounds, steps=steps)
-    ratios = [a / b for a, b in zip(step_times["lars"], step_times["sgd"], strict=True)]
-    step_s = {key: statistics.median(t) / steps for key, t in step_times.items()}
-    apply_s = {key: statistics.median(t) / steps for key, t in apply_times.items()}
+    step_times = alternate_rounds(step_fns, batches, rounds=rounds, steps=steps)
+    apply_times = alternate_rounds(apply_fns, batches, rounds=rounds, steps=steps)
+    per_round = ratios(step_times["lars"], step_times["sgd"])
+    step_s = {key: median(t) / steps for key, t in step_times.items()}
+    apply_s = {key: median(t) / steps for key, t in apply_times.items()}
     return {
         "images_per_s": {key: int(x0.shape[0]) / t for key, t in step_s.items()},
-        "ratio": statistics.median(ratios),
-        "ratio_range": (min(ratios), max(ratios)),
+        "ratio": median(per_round),
+        "ratio_range": (min(per_round), max(per_round)),
         "apply_ms": {key: 1e3 * t for key, t in apply_s.items()},
         # The step-time ratio implied by the difference in update-only cost.
         "implied_ratio": 1 + (apply_s["lars"] - apply_s["sgd"]) / step_s["sgd"],
@@ -131,33 +130,33 @@ def bench_model(name: str, batches, *, rounds: int, steps: int, jit: bool) -> di
     }
 
 
-def alternate(fns: dict, batches, *, rounds: int, steps: int) -> dict:
+def alternate_rounds(fns: dict, batches, *, rounds: int, steps: int) -> dict:
     """Per-round seconds of each fn, alternating A B, B A, ... between rounds."""
-    times = {key: [] for key in fns}
-    order = list(fns)
-    for r in range(rounds):
-        for key in order if r % 2 == 0 else order[::-1]:
-            times[key].append(run_round(fns[key], batches, steps))
-    return times
+    return alternate({key: lambda _r, fn=fn: run_round(fn, batches, steps)
+                      for key, fn in fns.items()}, rounds)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = bench_parser(__doc__)
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="train steps per round")
     parser.add_argument("--batches", type=int, default=16, help="distinct batches")
     parser.add_argument("--jit_compile", action="store_true")
-    args = parser.parse_args()
+    args = smoke(parser.parse_args(argv), models=["cnn_fashion"], batch_size=16, rounds=1,
+                 steps=1, batches=2)
 
     batches = real_batches(args.batch_size, args.batches)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
+    with session(
         f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; TF {tf.__version__}, "
         f"Keras {keras.__version__}; batch {args.batch_size}, {args.rounds} rounds x "
         f"{args.steps} steps, jit_compile={args.jit_compile}"
-    )
+    ):
+        report(args, batches)
+
+
+def report(args, batches) -> None:
     for name in args.models:
         if name not in model_names():
             print(f"{name}: not in the model registry, skipped")

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/phase_switch.py [--examples 20000] [--schedule 128,128,256,256,128]
         [--release_in_background 0]     # compare with destroying the iterator on the main thread
+    .venv/bin/python bench/phase_switch.py --smoke   # 512 images, schedule 64,64,128: runs only
 
 Trains one epoch per entry of --schedule with the loop's own pieces (TrainStep over a
 per-epoch `distribute_datasets_from_function` pipeline), syncing after every step so each
@@ -20,7 +21,6 @@ subset epoch, and extrapolated to a full 60k-image epoch from the measured time 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import bench_parser, median, session, smoke  # noqa: E402
 
 from keras_largebatch.data import get_source, steps_per_epoch, train_dataset_fn  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
@@ -38,14 +39,20 @@ from keras_largebatch.training.metrics import RunningMetrics  # noqa: E402
 from keras_largebatch.training.steps.train_step import TrainStep  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = bench_parser(__doc__)
     parser.add_argument("--examples", type=int, default=20000)
     parser.add_argument("--schedule", default="128,128,256,256,128")
     parser.add_argument("--release_in_background", type=int, default=1,
                         help="1: retire each epoch's iterator as the loop does; 0: plain del")
-    args = parser.parse_args()
+    args = smoke(parser.parse_args(argv), examples=512, schedule="64,64,128")
     batches = [int(b) for b in args.schedule.split(",")]
+    with session(f"phase switch: seed-002 CNN, {args.examples} images, schedule "
+                 f"{args.schedule}, release_in_background={args.release_in_background}"):
+        measure(args, batches)
+
+
+def measure(args, batches: list[int]) -> None:
 
     source = get_source("fashion_mnist", max_train_examples=args.examples)
     strategy = tf.distribute.MirroredStrategy([tf.config.list_logical_devices("CPU")[0].name])
@@ -84,16 +91,16 @@ def main() -> None:
         epochs.append((boundary, times, t - start))
         last_end = t
         print(f"epoch {epoch + 1}: batch {batch}, {steps} steps, {t - start:.2f} s, median step "
-              f"{statistics.median(times) * 1e3:.1f} ms, first step {times[0] * 1e3:.1f} ms",
+              f"{median(times) * 1e3:.1f} ms, first step {times[0] * 1e3:.1f} ms",
               flush=True)
 
     switch, same = [], []
     for e in range(1, len(batches)):
         boundary, times, _ = epochs[e]
-        overhead = boundary - statistics.median(times[1:])
+        overhead = boundary - median(times[1:])
         (switch if batches[e] != batches[e - 1] else same).append(overhead)
-    epoch_time = statistics.median(s for _, _, s in epochs)
-    per_sample = statistics.median(s / (len(ts) * b) for (_, ts, s), b in zip(epochs, batches))
+    epoch_time = median(s for _, _, s in epochs)
+    per_sample = median(s / (len(ts) * b) for (_, ts, s), b in zip(epochs, batches))
     full_epoch = per_sample * 60000
     mean_switch = statistics.mean(switch) if switch else float("nan")
     mean_same = statistics.mean(same) if same else float("nan")

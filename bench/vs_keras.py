@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/vs_keras.py [--epochs 3] [--examples 60000]
                                       [--precisions float32,mixed_bfloat16]
+    .venv/bin/python bench/vs_keras.py --smoke   # 2 epochs of 256 images, 256 test: runs only
 
 Same CNN (seed 002, dropout 0.25), batch 128, SGD momentum 0.9 (LR 0.05), real Fashion-MNIST,
 one process, per precision:
@@ -28,7 +29,6 @@ Not a test: absolute numbers depend on the machine's load.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import threading
@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import bench_parser, load_average, median, session, smoke  # noqa: E402
 
 from keras_largebatch.data import DataSource, get_source  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
@@ -137,9 +138,12 @@ def run_variant(name, baton, source, arrays, precision, epochs, out):
                 else:
                     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
                         len(x), seed=0).batch(BATCH).prefetch(tf.data.AUTOTUNE)
-                    model.fit(data, epochs=epochs, verbose=0, callbacks=[callback])
+                    model.fit(data, epochs=epochs, verbose=0, callbacks=[callback],
+                              shuffle=False)  # shuffled by the dataset: no Keras warning
         else:
             bare_epochs(baton, name, source, x, y, precision, epochs)
+    except BaseException as e:  # re-raised by bench() after the other threads end
+        out.setdefault("errors", []).append((name, e))
     finally:
         baton.finish(name)
 
@@ -174,12 +178,13 @@ def normalized(source: DataSource):
     return x.reshape(-1, *source.input_shape), y.astype(np.int32)
 
 
-def subset(source: DataSource, n: int) -> DataSource:
-    (x, y), test = source.train_arrays, source.test_arrays
+def subset(source: DataSource, n: int, n_test: int | None = None) -> DataSource:
+    (x, y), (tx, ty) = source.train_arrays, source.test_arrays
+    n_test = source.num_test if n_test is None else min(n_test, source.num_test)
     return DataSource(name=source.name, input_shape=source.input_shape,
-                      num_classes=source.num_classes, num_train=n, num_test=source.num_test,
+                      num_classes=source.num_classes, num_train=n, num_test=n_test,
                       mean=source.mean, std=source.std, train_arrays=(x[:n], y[:n]),
-                      test_arrays=test)
+                      test_arrays=(tx[:n_test], ty[:n_test]))
 
 
 def bench(precision, source, arrays, epochs, variants):
@@ -188,18 +193,20 @@ def bench(precision, source, arrays, epochs, variants):
     threads = [threading.Thread(target=run_variant, daemon=True,
                                 args=(v, baton, source, arrays, precision, epochs, out))
                for v in variants]
-    load = [os.getloadavg()[0]]
+    load = [load_average()]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    load.append(os.getloadavg()[0])
+    load.append(load_average())
+    for name, error in out.get("errors", []):
+        raise RuntimeError(f"variant {name} failed: {error!r}") from error
     report(precision, source.num_train, baton.active, out, load)
 
 
 def report(precision, images, active, out, load):
     print(f"\n== {precision}: img/s per epoch (active time, epoch 1 holds tracing); "
-          f"load average {load[0]:.2f} -> {load[1]:.2f}", flush=True)
+          f"load average {load[0]} -> {load[1]}", flush=True)
     rate = {v: [images / t for t in ts] for v, ts in active.items()}
     for v, rs in rate.items():
         print(f"  {v:11s} " + " ".join(f"{r:7.0f}" for r in rs), flush=True)
@@ -217,22 +224,26 @@ def report(precision, images, active, out, load):
     for name, ours in mine.items():
         for other in (v for v in rate if v != "framework"):
             per = " ".join(f"{a / b:.3f}" for a, b in zip(ours, rate[other]))
-            later = np.median([a / b for a, b in zip(ours[1:], rate[other][1:])])
+            later = median([a / b for a, b in zip(ours[1:], rate[other][1:])])
             print(f"  {name:10s} / {other:10s} per epoch {per}; median of epochs 2.. "
                   f"{later:.3f}; whole run {whole[name] / whole[other]:.3f}", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = bench_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--examples", type=int, default=60000)
+    parser.add_argument("--test_examples", type=int, default=None,
+                        help="test images the framework evaluates (default: all 10,000)")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    args = parser.parse_args()
-    source = subset(get_source("fashion_mnist"), args.examples)
+    args = smoke(parser.parse_args(argv), epochs=2, examples=256, test_examples=256)
+    source = subset(get_source("fashion_mnist"), args.examples, args.test_examples)
     arrays = normalized(source)
-    for precision in args.precisions.split(","):
-        bench(precision, source, arrays, args.epochs, args.variants.split(","))
+    with session(f"framework vs model.fit vs bare step: seed-002 CNN, batch {BATCH}, "
+                 f"{args.examples} images, {args.epochs} epochs"):
+        for precision in args.precisions.split(","):
+            bench(precision, source, arrays, args.epochs, args.variants.split(","))
 
 
 if __name__ == "__main__":
