@@ -22,8 +22,6 @@ its smallest size (a check that every bench still runs: its numbers mean nothing
 Left out (LEFT_OUT below), and why:
 - cluster.py: needs root, network namespaces, iproute2 and taskset, and runs ~40 min at its
   defaults; run it on its own (its docstring; its tests are tests/bench/test_cluster.py).
-- ray_dispatch.py: a study's runs through Ray vs local subprocesses; needs Ray installed (an
-  optional extra), and starts a Ray node per sweep; run it on its own (`--smoke` for a check).
 - ray_dispatch.py: needs Ray (pip install -e '.[ray]'), starts its own Ray and ~16 real CLI
   runs (~2 min); run it on its own (its docstring).
 Not benches: timing.py (the shared timing harness), netns.py (cluster.py's namespaces),
@@ -61,7 +59,6 @@ BENCHES = {
 # Scripts under bench/ that are not run here: script -> why (the docstring says more).
 LEFT_OUT = {
     "cluster.py": "needs root and network namespaces; ~40 min at its defaults",
-    "ray_dispatch.py": "needs Ray (an optional extra); starts a Ray node per sweep",
     "ray_dispatch.py": "needs Ray; starts its own Ray and ~16 real CLI runs",
 }
 NOT_BENCHES = ("all.py", "timing.py", "netns.py", "cost_model.py")
