@@ -5,6 +5,8 @@ back it is refused (exit 2, one `error:` line, the run dir byte-identical).
 
 One killed run (ckpt-4 and ckpt-8 on disk) is copied once per case and damaged as a user did;
 each resumed case must end with the weights of an uninterrupted run (train.deterministic).
+The killed runs are real processes (SIGKILL); the reference, the reruns that resume and the
+refused one run in-process (tests/inprocess.py) meanwhile.
 """
 
 import json
@@ -15,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from ..cli import TINY, error_lines, run_cli, tree_state
+from ..inprocess import run_main
 
-pytestmark = pytest.mark.slow  # ~10 CLI processes, 3 at a time
+pytestmark = pytest.mark.slow  # 2 CLI processes, 7 in-process runs
 
 B = "--gin_bindings="
 CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 6000",
@@ -63,9 +66,11 @@ RESUMED = {
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("damaged")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        ref = pool.submit(run_cli, *CONFIG, f"--run_dir={tmp / 'ref'}")
-        base = run_cli(*CONFIG, f"--run_dir={tmp / 'base'}", faults=["kill_at_step=10"])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        killed = pool.submit(run_cli, *CONFIG, f"--run_dir={tmp / 'base'}",
+                             faults=["kill_at_step=10"])
+        procs = {"ref": run_main(*CONFIG, f"--run_dir={tmp / 'ref'}")}  # meanwhile
+        base = killed.result()
         assert base.returncode == -9, base.stderr[-2000:]
         assert sorted(p.name for p in (tmp / "base" / "checkpoints").glob("*.index")) == [
             "ckpt-4.index", "ckpt-8.index"]
@@ -74,13 +79,15 @@ def outcomes(tmp_path_factory):
             _damage(tmp / name / "checkpoints", name)
         before = tree_state(tmp / "all_truncated")
 
-        def rerun(name):
+        def rerun(name, run):
             faults = RESUMED[name][0] if name in RESUMED else []
-            return run_cli(*CONFIG, f"--run_dir={tmp / name}", faults=faults)
+            return run(*CONFIG, f"--run_dir={tmp / name}", faults=faults)
 
-        futures = {name: pool.submit(rerun, name) for name in [*RESUMED, "all_truncated"]}
-        procs = {name: f.result() for name, f in futures.items()}
-        procs["ref"] = ref.result()
+        in_process = [n for n in [*RESUMED, "all_truncated"] if not RESUMED.get(n, ([],))[0]]
+        futures = {name: pool.submit(rerun, name, run_cli)
+                   for name in RESUMED if name not in in_process}  # killed: real processes
+        procs.update({name: rerun(name, run_main) for name in in_process})
+        procs.update({name: f.result() for name, f in futures.items()})
     return tmp, procs, before
 
 
