@@ -29,7 +29,7 @@ tcmalloc:
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,ray]'
 	touch $@
 
 # jax for the JAX-backend tests, outside the venv: TensorFlow imports jax whenever it can

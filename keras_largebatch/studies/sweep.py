@@ -2,6 +2,7 @@
 
     python -m keras_largebatch.studies.sweep --gin_file=gin/studies/<study>.gin \\
         [--sweep_dir=runs/<study>] [--parallel=2] [--dry_run] [--noplot]
+        [--executor=ray [--ray_address=auto|host:port] [--num_cpus=1] [--num_gpus=0]]
 
 A study file binds only `sweep.*`; what the runs themselves train is named by
 `sweep.base_gin_files` and bound by strings, so the sweep process never parses (or imports) the
@@ -38,6 +39,12 @@ each cores/N TensorFlow threads. A lock on
 <sweep_dir>/.sweep.lock, inherited by the runs, refuses a second sweep on the same folder while
 this one or any run it started is alive. SIGTERM / Ctrl-C stop the running runs with SIGTERM
 (they checkpoint and resume next time). `--dry_run` prints each run's command.
+
+`--executor=ray` makes each run a Ray task on a cluster instead (studies/executors.py: the same
+CLI process, started on the node Ray picks; the sweep folder must be on a file system every
+node sees at the same path); the lock then guards the driver only. Every finished run also gets
+TensorBoard HParams summaries (studies/hparams.py), so `tensorboard --logdir <sweep_dir>` lists
+the study in its HPARAMS tab.
 """
 
 from __future__ import annotations
@@ -46,15 +53,22 @@ import fcntl
 import functools
 import os
 import signal
-import subprocess
 import sys
 import time
 
 from keras_largebatch import files, validate
-from keras_largebatch.allocator import with_tcmalloc
 from keras_largebatch.errors import UserInputError
+from keras_largebatch.studies import hparams
 from keras_largebatch.studies import results as rs
-from keras_largebatch.studies.grid import LOCK_FILE, LOGS_DIR, Study, load_study
+from keras_largebatch.studies.executors import (
+    EXECUTORS,
+    Job,
+    LocalExecutor,
+    Outcome,
+    RayExecutor,
+    RayOptions,
+)
+from keras_largebatch.studies.grid import LOCK_FILE, LOGS_DIR, RunSpec, Study, load_study
 from keras_largebatch.studies.manifest import SWEEP_FILE, read_manifest
 from keras_largebatch.studies.metrics import run_metrics
 from keras_largebatch.studies.results import FINAL_STATUSES, is_finished, read_results
@@ -101,10 +115,12 @@ def _error_line(log_path: str) -> str:
 
 def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "",
               python: str = sys.executable, poll_s: float = 0.5, echo=None,
-              allow_imports: bool = False) -> list[dict]:
-    """Run every unfinished run of `study` (at most `parallel` at once); returns summary rows.
+              allow_imports: bool = False, ray: RayOptions | None = None) -> list[dict]:
+    """Run every unfinished run of `study`; returns summary rows.
 
-    `allow_imports` passes --gin_allow_imports to every run (keras_largebatch/gin_policy.py).
+    Locally at most `parallel` at once; with `ray` (executors.RayOptions) every run is a Ray
+    task on that cluster. `allow_imports` passes --gin_allow_imports to every run
+    (keras_largebatch/gin_policy.py).
 
     SIGTERM / SIGINT end the running runs with SIGTERM (they resume next time) and re-raise
     KeyboardInterrupt after the summary is written.
@@ -112,25 +128,59 @@ def run_sweep(study: Study, *, sweep_dir: str, parallel: int = 1, title: str = "
     echo = echo or functools.partial(print, flush=True)
     parallel = validate.whole("--parallel", parallel, minimum=1,
                               fix="pass the number of runs to train at once")
-    if parallel > (os.cpu_count() or 1):
+    if ray is not None:
+        if parallel != 1:
+            raise UserInputError(f"--parallel={parallel} is for --executor=local; under Ray the "
+                                 "cluster's CPUs / GPUs and --num_cpus / --num_gpus per run set "
+                                 "how many runs train at once")
+        executor = RayExecutor(ray.checked())  # before anything is written: a bad address
+    elif parallel > (os.cpu_count() or 1):
         echo(f"warning: --parallel={parallel} exceeds the {os.cpu_count()} CPU cores; runs will "
              "be slower each, and timing metrics are not comparable")
-    os.makedirs(os.path.join(sweep_dir, LOGS_DIR), exist_ok=True)
-    lock_fd = _lock(sweep_dir)
     try:
-        return _run_locked(study, sweep_dir=sweep_dir, parallel=parallel, title=title,
-                           python=python, poll_s=poll_s, echo=echo, lock_fd=lock_fd,
-                           allow_imports=allow_imports)
+        os.makedirs(os.path.join(sweep_dir, LOGS_DIR), exist_ok=True)
+        lock_fd = _lock(sweep_dir)
+        try:
+            if ray is None:
+                executor = LocalExecutor(parallel, lock_fd)
+            return _run_locked(study, sweep_dir=sweep_dir, executor=executor, title=title,
+                               python=python, poll_s=poll_s, echo=echo,
+                               allow_imports=allow_imports)
+        finally:
+            os.close(lock_fd)
     finally:
-        os.close(lock_fd)
+        if ray is not None:
+            executor.close()
 
 
-def _run_locked(study: Study, *, sweep_dir: str, parallel: int, title: str, python: str,
-                poll_s: float, echo, lock_fd: int, allow_imports: bool) -> list[dict]:
-    """`run_sweep` once <sweep_dir>/.sweep.lock is held (`lock_fd`, passed on to the runs)."""
+def _record(study: Study, spec: RunSpec, sweep_dir: str, info: dict,
+            outcome: Outcome) -> str:
+    """Fill the manifest entry `info` of a finished run (and its HParams); the echo's tail."""
+    run_dir = os.path.join(sweep_dir, spec.name)
+    info["returncode"] = outcome.returncode
+    try:
+        results, damage = read_results(run_dir), ""
+    except UserInputError as e:  # cannot come from the loop's atomic writer
+        results, damage = None, e.line
+    if results is not None and results.get(rs.STATUS) in FINAL_STATUSES:
+        m = run_metrics(results, loss_upper_bound=study.loss_upper_bound)
+        info.update(status=m["status"], error="")
+        hparams.write_run(study, spec, run_dir, results, m)
+        return (f" at epoch {m['diverged_epoch']}" if m["status"] == "diverged"
+                else f", {study.metric} = {cell(m[study.metric], True)}")
+    log_path = os.path.join(sweep_dir, LOGS_DIR, f"{spec.name}.log")
+    info.update(status="failed", error=damage or outcome.error or _error_line(log_path) or
+                f"exit status {outcome.returncode} and no {rs.RESULTS_FILE}")
+    return f": {info['error']}"
+
+
+def _run_locked(study: Study, *, sweep_dir: str, executor, title: str, python: str,
+                poll_s: float, echo, allow_imports: bool) -> list[dict]:
+    """`run_sweep` once <sweep_dir>/.sweep.lock is held, on `executor` (executors.py)."""
     title = title or os.path.basename(os.path.abspath(sweep_dir))
     manifest_path = os.path.join(sweep_dir, SWEEP_FILE)
     state: dict[str, dict] = read_manifest(sweep_dir).get("runs") or {}
+    specs = {spec.name: spec for spec in study.runs}
 
     def save() -> list[dict]:
         files.write_json_atomic(manifest_path, {
@@ -143,6 +193,7 @@ def _run_locked(study: Study, *, sweep_dir: str, parallel: int, title: str, pyth
         write_summary(study, sweep_dir, rows, title)
         return rows
 
+    hparams.write_experiment(study, sweep_dir)
     queue = []
     for spec in study.runs:
         run_dir = os.path.join(sweep_dir, spec.name)
@@ -152,70 +203,41 @@ def _run_locked(study: Study, *, sweep_dir: str, parallel: int, title: str, pyth
             if old.get("command") and old["command"] != command:
                 echo(f"warning: {spec.name} finished with a different command; delete "
                      f"{run_dir} to run it with the current study")
-            echo(f"skip {spec.name}: {read_results(run_dir).get('status')}")
+            results = read_results(run_dir)
+            if not os.path.isdir(os.path.join(run_dir, hparams.HPARAMS_DIR)):
+                hparams.write_run(study, spec, run_dir, results, run_metrics(
+                    results, loss_upper_bound=study.loss_upper_bound))
+            echo(f"skip {spec.name}: {results.get('status')}")
             continue
         state[spec.name] = {**old, "command": command, "status": "pending"}
-        queue.append((spec, run_dir, command))
+        queue.append(Job(spec.name, tuple(command),
+                         os.path.join(sweep_dir, LOGS_DIR, f"{spec.name}.log"), os.getcwd()))
     save()
 
-    env = with_tcmalloc({**os.environ,
-                         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
-    if parallel > 1:  # share the cores instead of oversubscribing them
-        threads = str(max(1, (os.cpu_count() or 1) // parallel))
-        env.setdefault("TF_NUM_INTRAOP_THREADS", threads)
-        env.setdefault("TF_NUM_INTEROP_THREADS", threads)
-    active: dict[str, tuple[subprocess.Popen, float, str]] = {}
+    started: dict[str, float] = {}
     total, done = len(queue), 0
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while queue or active:
-            while queue and len(active) < parallel:
-                spec, run_dir, command = queue.pop(0)
-                log_path = os.path.join(sweep_dir, LOGS_DIR, f"{spec.name}.log")
-                with open(log_path, "a") as log:
-                    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                              f"{' '.join(command)}\n")
-                    log.flush()
-                    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, pass_fds=(lock_fd,))
-                active[spec.name] = (proc, time.perf_counter(), log_path)
-                state[spec.name]["status"] = "running"
-                echo(f"start {spec.name}" + (" (resuming)" if os.path.isdir(os.path.join(
-                    run_dir, "checkpoints")) else ""))
-            time.sleep(poll_s)
-            for name in [n for n, (p, _, _) in active.items() if p.poll() is not None]:
-                proc, start, log_path = active.pop(name)
+        while queue or started:
+            while queue and len(started) < executor.capacity:
+                job = queue.pop(0)
+                executor.submit(job)
+                started[job.name] = time.perf_counter()
+                state[job.name]["status"] = "running" if executor.name == "local" else "queued"
+                verb = "start" if executor.name == "local" else "submit"
+                echo(f"{verb} {job.name}" + (" (resuming)" if os.path.isdir(os.path.join(
+                    sweep_dir, job.name, "checkpoints")) else ""))
+            for outcome in executor.wait(poll_s):
                 done += 1
-                run_dir = os.path.join(sweep_dir, name)
-                info = state[name]
-                info["returncode"] = proc.returncode
-                try:
-                    results, damage = read_results(run_dir), ""
-                except UserInputError as e:  # cannot come from the loop's atomic writer
-                    results, damage = None, e.line
-                if results is not None and results.get(rs.STATUS) in FINAL_STATUSES:
-                    m = run_metrics(results, loss_upper_bound=study.loss_upper_bound)
-                    info.update(status=m["status"], error="")
-                    extra = (f" at epoch {m['diverged_epoch']}" if m["status"] == "diverged"
-                             else f", {study.metric} = {cell(m[study.metric], True)}")
-                else:
-                    info.update(status="failed", error=damage or _error_line(log_path) or
-                                f"exit status {proc.returncode} and no {rs.RESULTS_FILE}")
-                    extra = f": {info['error']}"
-                echo(f"[{done}/{total}] {name}: {info['status']}{extra} "
-                     f"({time.perf_counter() - start:.0f} s)")
+                name = outcome.name
+                extra = _record(study, specs[name], sweep_dir, state[name], outcome)
+                echo(f"[{done}/{total}] {name}: {state[name]['status']}{extra} "
+                     f"({time.perf_counter() - started.pop(name):.0f} s)")
                 save()
     except (_Interrupted, KeyboardInterrupt) as e:
-        echo(f"interrupted ({e or 'SIGINT'}): stopping {len(active)} run(s); rerun the same "
+        echo(f"interrupted ({e or 'SIGINT'}): stopping {len(started)} run(s); rerun the same "
              "command to resume")
-        for proc, _, _ in active.values():
-            proc.terminate()
-        for name, (proc, _, _) in active.items():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for name in executor.stop():
             state[name]["status"] = "interrupted"
         save()
         raise KeyboardInterrupt from None
@@ -233,7 +255,15 @@ def _define_flags():
     flags.DEFINE_multi_string("gin_file", [], "Study gin file(s): sweep.* bindings.")
     flags.DEFINE_multi_string("gin_bindings", [], "Extra sweep.* bindings.")
     flags.DEFINE_string("sweep_dir", None, "Output folder (default runs/<study file name>).")
-    flags.DEFINE_integer("parallel", 1, "Runs at once.")
+    flags.DEFINE_integer("parallel", 1, "Runs at once (--executor=local).")
+    flags.DEFINE_enum("executor", "local", list(EXECUTORS), "Where the runs train: local "
+                      "subprocesses, or Ray tasks on a cluster (pip install -e '.[ray]').")
+    flags.DEFINE_string("ray_address", None, "--executor=ray: the cluster, 'auto' or host:port "
+                        "(default: RAY_ADDRESS, else a local cluster, else a new local Ray).")
+    flags.DEFINE_float("num_cpus", 1, "--executor=ray: CPUs one run reserves (and TF threads).")
+    flags.DEFINE_float("num_gpus", 0, "--executor=ray: GPUs one run reserves.")
+    flags.DEFINE_integer("max_retries", 3, "--executor=ray: how often Ray reruns a run whose "
+                         "node or worker died (it resumes from its checkpoint).")
     flags.DEFINE_bool("dry_run", False, "Print each run's command and exit.")
     flags.DEFINE_bool("gin_allow_imports", False, "Let the study file and every run's gin "
                       "config import Python modules (they are then code that runs as you).")
@@ -244,6 +274,21 @@ def _define_flags():
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+RAY_FLAGS = ("ray_address", "num_cpus", "num_gpus", "max_retries")
+
+
+def _ray_options(FLAGS) -> RayOptions | None:
+    """--executor=ray's options; None for the local executor (which refuses the Ray flags)."""
+    if FLAGS.executor != "ray":
+        given = [f"--{f}" for f in RAY_FLAGS if FLAGS[f].present]
+        if given:
+            raise UserInputError(f"{given[0]} is for --executor=ray; add --executor=ray or "
+                                 f"drop {given[0]}")
+        return None
+    return RayOptions(address=FLAGS.ray_address, num_cpus=FLAGS.num_cpus,
+                      num_gpus=FLAGS.num_gpus, max_retries=FLAGS.max_retries)
 
 
 def main(argv: list[str]) -> None:
@@ -266,7 +311,7 @@ def main(argv: list[str]) -> None:
                                                      allow_imports=allow)))
             return
         rows = run_sweep(study, sweep_dir=sweep_dir, parallel=FLAGS.parallel, title=name,
-                         allow_imports=allow)
+                         allow_imports=allow, ray=_ray_options(FLAGS))
     except UserInputError as e:
         _fail(e.line)
     except KeyboardInterrupt:
