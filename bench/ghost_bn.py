@@ -1,7 +1,8 @@
 """Ghost BN vs Keras BatchNormalization: training images/s on ResNet-20, real Fashion-MNIST.
 
     .venv/bin/python bench/ghost_bn.py [--batch 128] [--virtual-batch 32] [--steps 20]
-                                       [--rounds 3] [--static-batch]
+                                       [--rounds 3] [--static-batch] [--jit]
+                                       [--baseline REV]
 
 Two ResNet-20s (`build_model("resnet20", bn_batch_size=None | virtual_batch)`, 28x28x1 inputs,
 10 classes) train with SGD (momentum 0.9) on the same real Fashion-MNIST images, read from the
@@ -10,16 +11,23 @@ is a `tf.function` with a `None` batch dimension, as in the framework loop (so t
 takes its in-graph `tf.cond` path); `--static-batch` traces with a fixed batch instead, as
 `model.fit` on a `drop_remainder=True` dataset would. Rounds alternate between the two models
 so both see the same machine load; the first (tracing) call of each is not timed. Prints the
-median images/s of each and the ratio ghost / BN (goal >= 0.95). Not a test.
+median images/s of each and the ratio ghost / BN (goal >= 0.95), with the CPU's AVX-512 flags
+and the load average before and after. `--jit` compiles each step with XLA
+(`tf.function(jit_compile=True)`). `--baseline REV` adds a third model whose ghost layers
+are the GhostBatchNormalization of git revision REV (its module read with `git show`, loaded
+under another name), timed in the same rounds: before / after side by side. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import os
 import platform
 import statistics
+import subprocess
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,6 +36,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from keras_largebatch.layers import GhostBatchNormalization  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -49,10 +58,49 @@ def load_train(n: int) -> tuple[np.ndarray, np.ndarray]:
     return images[..., None], labels
 
 
-def make_step(model, optimizer, batch: int | None):
+def baseline_layer_class(rev: str):
+    """GhostBatchNormalization as of git revision `rev`, loaded as a separate module (not
+    registered for serialization, so it does not clash with the current class)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(
+        ["git", "show", f"{rev}:keras_largebatch/layers/ghost_batch_norm.py"], cwd=root,
+        check=True, capture_output=True, text=True).stdout
+    source = source.replace('@keras.saving.register_keras_serializable(package="keras_largebatch")',
+                            "")
+    folder = tempfile.mkdtemp(prefix="ghost_bn_baseline_")
+    path = os.path.join(folder, "ghost_bn_baseline.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("ghost_bn_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GhostBatchNormalization
+
+
+def with_layer_class(model, cls):
+    """A clone of `model` whose ghost BN layers are instances of `cls`, same weights."""
+    def clone(layer):
+        if isinstance(layer, GhostBatchNormalization):
+            return cls.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def machine_line() -> str:
+    with open("/proc/cpuinfo") as f:
+        flags = sorted({w for line in f if line.startswith("flags") for w in line.split()
+                        if w.startswith("avx512")})
+    return f"CPU flags: {' '.join(flags) or 'no avx512'}; load average {os.getloadavg()}"
+
+
+def make_step(model, optimizer, batch: int | None, jit: bool = False):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     @tf.function(
+        jit_compile=jit,
         input_signature=[
             tf.TensorSpec([batch, 28, 28, 1], tf.float32),
             tf.TensorSpec([batch], tf.int32),
@@ -75,7 +123,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--static-batch", action="store_true")
+    parser.add_argument("--jit", action="store_true", help="XLA-compile each train step")
+    parser.add_argument("--baseline", default=None,
+                        help="git revision whose ghost BN layer is timed alongside")
     args = parser.parse_args()
+    print(machine_line())
 
     x, y = load_train(args.batch * args.steps)
     batches = [
@@ -83,14 +135,21 @@ def main() -> None:
         for i in range(0, len(x), args.batch)
     ]
     sides = {}
-    for name, bn_batch in (("keras_bn", None), ("ghost_bn", args.virtual_batch)):
+    variants = [("keras_bn", None, None), ("ghost_bn", args.virtual_batch, None)]
+    if args.baseline:
+        variants.append((f"ghost_bn@{args.baseline}", args.virtual_batch,
+                         baseline_layer_class(args.baseline)))
+    for name, bn_batch, layer_class in variants:
         keras.utils.set_random_seed(0)
         model = build_model(
             "resnet20", input_shape=(28, 28, 1), num_classes=10, bn_batch_size=bn_batch
         )
+        if layer_class is not None:
+            model = with_layer_class(model, layer_class)
         optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
         optimizer.build(model.trainable_variables)
-        step = make_step(model, optimizer, args.batch if args.static_batch else None)
+        step = make_step(model, optimizer, args.batch if args.static_batch else None,
+                         args.jit)
         float(step(*batches[0]))  # trace + warm up, not timed
         sides[name] = step
 
@@ -112,12 +171,18 @@ def main() -> None:
         f"ResNet-20, Fashion-MNIST 28x28, batch {args.batch}, virtual batch "
         f"{args.virtual_batch} ({args.batch // args.virtual_batch} groups), "
         f"{'static' if args.static_batch else 'dynamic (None)'} batch dim, "
+        f"{'XLA' if args.jit else 'no XLA'}, "
         f"{args.steps} steps x {args.rounds} rounds"
     )
     for name, values in rates.items():
-        print(f"{name:9s} images/s: median {statistics.median(values):7.1f}  rounds {values}")
-    ratio = statistics.median(rates["ghost_bn"]) / statistics.median(rates["keras_bn"])
-    print(f"ratio ghost/keras: {ratio:.3f} (goal >= 0.95)")
+        rounded = [round(v, 1) for v in values]
+        print(f"{name:9s} images/s: median {statistics.median(values):7.1f}  rounds {rounded}")
+    keras_rate = statistics.median(rates["keras_bn"])
+    for name in rates:
+        if name != "keras_bn":
+            ratio = statistics.median(rates[name]) / keras_rate
+            print(f"ratio {name}/keras_bn: {ratio:.3f} (goal >= 0.95)")
+    print(machine_line())
 
 
 if __name__ == "__main__":

@@ -35,6 +35,17 @@ averages forget at the rate Keras' BatchNormalization would, and they estimate t
 of a *virtual* batch, which is what inference should use to match training-time normalisation.
 `stat_g` is the biased group variance, as Keras BN uses the biased batch variance.
 
+**How the groups are formed, XLA included.** No segment ops (TensorFlow's SegmentSum has no
+XLA kernel). A batch size known when the layer is traced (JAX, PyTorch, a static TF batch):
+one reshape to [B // v, v, ...] for the full groups, and a slice of its own for a remainder
+group. A dynamic TF batch (`None`, as in the framework loop and model.fit on TensorFlow):
+`ops.cond(B % v == 0, ...)` between the same reshape and a `tf.split` into full groups and
+remainder. Under XLA (`jit_compile=True`) every batch size is compiled with static shapes, and
+both branches of the cond are compiled for each, so both stay valid for every B (the reshape
+falls back to one group when its branch cannot run) and their gradients need no bounds that
+only exist as values (a split's gradient is a concatenation). The moments are Keras' own,
+per group: `ops.moments` (tf.nn.moments on TensorFlow), or Keras' masked formula.
+
 `virtual_batch_size=None`, or a batch no larger than `virtual_batch_size` (one group), runs
 Keras' `BatchNormalization.call` itself, masks included (`ops.cond` when the batch is dynamic),
 so the result is bit-identical to BatchNormalization. The batch axis (0) is split; `axis` is the
@@ -62,8 +73,6 @@ replicas, which would merge the ghost batches: it is rejected together with
 """
 
 from __future__ import annotations
-
-import math
 
 import keras
 from keras import ops
@@ -161,64 +170,108 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
             lambda: self._ghost_call(inputs, mask, None),
         )
 
-    def _group_sum(self, values, ids, groups):
-        """Sums of `values` [B, C] over each group of consecutive samples -> [n, C]."""
-        if keras.backend.backend() == "tensorflow":  # sorted ids; n may be dynamic
-            return ops.segment_sum(values, ids, sorted=True)
-        return ops.segment_sum(values, ids, num_segments=groups, sorted=True)
-
     def _ghost_call(self, inputs, mask, static_batch, ctx=None):
         """Training-mode output over ceil(B / v) virtual batches (module docstring); updates
         the moving statistics, all-reduced over the replicas when `ctx` is given."""
         vbs = self.virtual_batch_size
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         x = ops.cast(inputs, compute_dtype)
-        ndim = len(x.shape)
-        feature = self.axis % ndim
-        other = [a for a in range(1, ndim) if a != feature]
-        groups = None if static_batch is None else math.ceil(static_batch / vbs)
-        ids = ops.floor_divide(ops.arange(ops.shape(x)[0], dtype="int32"), vbs)
-        if mask is None:
-            weights, masked = None, x
-        else:
+        weights = None
+        if mask is not None:
             weights = ops.cast(ops.broadcast_to(ops.expand_dims(mask, -1), ops.shape(x)), "bool")
-            masked = ops.where(weights, x, ops.zeros_like(x))
-
-        def per_sample_sum(t):  # [B, ...] -> [B, C]
-            return ops.sum(t, axis=other) if other else t
-
-        if weights is None:
-            count = per_sample_sum(ops.ones_like(x))
-        else:
-            count = per_sample_sum(ops.cast(weights, compute_dtype))
-        denominator = self._group_sum(count, ids, groups)
-        if weights is not None:
-            denominator = denominator + keras.backend.epsilon()
-        group_mean = self._group_sum(per_sample_sum(masked), ids, groups) / denominator
-        channels = x.shape[feature]
-        bshape = [-1] + [channels if a == feature else 1 for a in range(1, ndim)]
-        mean = ops.reshape(ops.take(group_mean, ids, axis=0), bshape)
-        diff = x - mean
-        if weights is not None:
-            diff = ops.where(weights, diff, ops.zeros_like(diff))
-        group_var = self._group_sum(per_sample_sum(ops.square(diff)), ids, groups) / denominator
-        variance = ops.reshape(ops.take(group_var, ids, axis=0), bshape)
-
-        inv = ops.rsqrt(variance + self.epsilon)
-        if self.scale:
-            inv = inv * ops.reshape(ops.cast(self.gamma, compute_dtype), bshape[1:])
-        out = x * inv - mean * inv
-        if self.center:
-            out = out + ops.reshape(ops.cast(self.beta, compute_dtype), bshape[1:])
-
-        self._update_moving(group_mean, group_var, ctx)
+        if static_batch is not None:  # JAX, PyTorch, a static TF batch: shapes known here
+            out, *update = self._static_groups(x, weights, *divmod(static_batch, vbs))
+        else:  # a dynamic batch (TensorFlow only)
+            batch = ops.shape(x)[0]
+            out, *update = ops.cond(batch % vbs == 0,
+                                    lambda: self._dynamic_equal_groups(x, weights, batch),
+                                    lambda: self._dynamic_remainder_groups(x, weights, batch))
+        self._assign_moving(*update, ctx)
         return ops.cast(out, self.compute_dtype)
 
-    def _update_moving(self, group_means, group_vars, ctx=None):
-        """Composer's rule in closed form (module docstring); stats are [groups, features].
+    def _rest(self, x):
+        """The non-batch dimensions of `x` (static where known)."""
+        return [ops.shape(x)[a] if d is None else d for a, d in enumerate(x.shape) if a]
 
-        With a replica context `ctx` the increment sum_g w_g stat_g is averaged over the
-        replicas first."""
+    def _finish(self, outputs, means, variances):
+        """(output, mean increment, variance increment, old weight) from the pieces."""
+        if len(outputs) > 1:
+            outputs = [ops.concatenate(outputs, axis=0)]
+            means, variances = [ops.concatenate(means, 0)], [ops.concatenate(variances, 0)]
+        return (outputs[0], *self._moving_increments(means[0], variances[0]))
+
+    def _static_groups(self, x, weights, full, remainder):
+        """`full` groups of v samples, one reshape to [full, v, ...], then (remainder > 0) a
+        last group of the `remainder` samples after them, sliced off (static sizes)."""
+        vbs, rest = self.virtual_batch_size, self._rest(x)
+        size = full * vbs
+        pieces = [(x, weights, full, vbs)]
+        if remainder:
+            pieces = [(x[:size], None if weights is None else weights[:size], full, vbs),
+                      (x[size:], None if weights is None else weights[size:], 1, remainder)]
+        results = [self._normalize(values, w, groups, members, rest)
+                   for values, w, groups, members in pieces if groups]
+        return self._finish(*zip(*results))
+
+    def _dynamic_equal_groups(self, x, weights, batch):
+        """B a multiple of v: one reshape to [B / v, v, ...]. Under XLA the branch of the
+        `cond` that does not run is compiled too, so the shape is [1, B, ...] for other B
+        (still a valid reshape; its result is never used)."""
+        vbs = self.virtual_batch_size
+        groups = ops.where(batch % vbs == 0, batch // vbs, 1)
+        return self._finish(*zip(self._normalize(x, weights, groups, batch // groups,
+                                                 self._rest(x))))
+
+    def _dynamic_remainder_groups(self, x, weights, batch):
+        """B not a multiple of v (or any B, under XLA): `tf.split` into the full groups and
+        the rest, each normalised as in `_static_groups`. A split, not slices: the gradient
+        of a split is a concatenation, which XLA compiles from shapes alone (the gradient of
+        a slice needs its bounds as constants, which a `cond`'s gradient does not have)."""
+        import tensorflow as tf
+
+        vbs, rest = self.virtual_batch_size, self._rest(x)
+        full = batch // vbs
+        sizes = tf.stack([full * vbs, batch - full * vbs])
+        heads = tf.split(x, sizes)
+        masks = [None, None] if weights is None else tf.split(weights, sizes)
+        results = [self._normalize(heads[0], masks[0], full, vbs, rest),
+                   self._normalize(heads[1], masks[1], 1, sizes[1], rest)]
+        return self._finish(*zip(*results))
+
+    def _normalize(self, x, weights, groups, members, rest):
+        """Batch norm of [groups * members, ...] samples per group of `members`: (output
+        [groups * members, ...], group means [groups, C], group biased variances [groups, C])."""
+        shape = [groups, members] + rest
+        xg = ops.reshape(x, shape)
+        feature = self.axis % (len(rest) + 1) + 1
+        axes = [a for a in range(1, len(shape)) if a != feature]
+        if weights is None:  # Keras' BN moments (tf.nn.moments on TensorFlow), per group
+            mean, variance = ops.moments(xg, axes, keepdims=True)
+        else:  # Keras' masked moments, per group
+            wg = ops.reshape(weights, shape)
+            total = ops.sum(ops.cast(wg, xg.dtype), axes, keepdims=True) + keras.backend.epsilon()
+            mean = ops.sum(ops.where(wg, xg, 0), axes, keepdims=True) / total
+            variance = ops.sum(ops.square(ops.where(wg, xg - mean, 0)), axes, keepdims=True)
+            variance = variance / total
+        inv = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            inv = inv * self._feature_view(self.gamma, feature, len(shape), xg.dtype)
+        shift = -mean * inv
+        if self.center:
+            shift = shift + self._feature_view(self.beta, feature, len(shape), xg.dtype)
+        out = xg * inv + shift  # as tf.nn.batch_normalization: x * inv + (beta - mean * inv)
+        channels = x.shape[feature - 1]
+        return (ops.reshape(out, [-1] + rest), ops.reshape(mean, [-1, channels]),
+                ops.reshape(variance, [-1, channels]))
+
+    @staticmethod
+    def _feature_view(weight, feature, ndim, dtype):
+        return ops.reshape(ops.cast(weight, dtype), [-1 if a == feature else 1
+                                                     for a in range(ndim)])
+
+    def _moving_increments(self, group_means, group_vars):
+        """Composer's rule in closed form (module docstring) for stats [groups, features]:
+        (sum_g w_g mean_g, sum_g w_g var_g, (1 - a)^n)."""
         dtype = group_means.dtype
         count = ops.shape(group_means)[0]
         n = ops.cast(count, dtype)
@@ -227,8 +280,13 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         # weight of group g: a * keep^(n-1-g)
         powers = n - 1.0 - ops.cast(ops.arange(count), dtype)
         weights = ops.expand_dims(a * ops.power(keep, powers), -1)
-        old_weight = ops.power(keep, n)
-        increments = [ops.sum(weights * stats, axis=0) for stats in (group_means, group_vars)]
+        return (ops.sum(weights * group_means, axis=0), ops.sum(weights * group_vars, axis=0),
+                ops.power(keep, n))
+
+    def _assign_moving(self, mean_increment, var_increment, old_weight, ctx=None):
+        """moving <- (1 - a)^n moving + increment; with a replica context `ctx` the
+        increments are averaged over the replicas first."""
+        increments = [mean_increment, var_increment]
         if ctx is not None:
             import tensorflow as tf
 

@@ -155,3 +155,66 @@ def test_serialization_in_a_model(tmp_path):
     layer = loaded.get_layer("g")
     assert isinstance(layer, GhostBatchNormalization) and layer.virtual_batch_size == 2
     np.testing.assert_allclose(numpy_of(loaded(x)), numpy_of(model(x)), atol=1e-6)
+
+
+def numpy_group_moments(x, mask, vbs):
+    """Per group of `vbs` consecutive samples (the last one smaller): Keras' (masked) moments
+    over every axis but the last, in float64."""
+    means, variances = [], []
+    for start in range(0, len(x), vbs):
+        chunk = x[start:start + vbs].astype("float64")
+        w = np.ones(chunk.shape[:-1]) if mask is None else mask[start:start + vbs]
+        w = w.astype("float64")[..., None] * np.ones_like(chunk)
+        axes = tuple(range(chunk.ndim - 1))
+        eps = 0.0 if mask is None else keras.backend.epsilon()
+        mean = (w * chunk).sum(axes) / (w.sum(axes) + eps)
+        means.append(mean)
+        variances.append((w * (chunk - mean) ** 2).sum(axes) / (w.sum(axes) + eps))
+    return means, variances
+
+
+def numpy_moving_after_fit(x, mask, batch, vbs, momentum, epochs):
+    """Moving statistics of a ghost layer that sees the inputs themselves: per batch (the last
+    one smaller), Composer's rule over its groups; one group is Keras BN's own update."""
+    mean, var = np.zeros(x.shape[-1]), np.ones(x.shape[-1])
+    for _ in range(epochs):
+        for start in range(0, len(x), batch):
+            b = slice(start, start + batch)
+            means, variances = numpy_group_moments(x[b], None if mask is None else mask[b], vbs)
+            a = (1 - momentum) / len(means)
+            for m, v in zip(means, variances):
+                mean, var = mean * (1 - a) + m * a, var * (1 - a) + v * a
+    return mean, var
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_model_fit_compiled_equals_uncompiled_and_numpy(masked):
+    # Issue 28: ghost BN under model.fit(jit_compile=True) (XLA on TensorFlow; JAX always
+    # jits), with batches of 6, 6, 6 and a remainder of 4 (groups of 3: 3 + 1) and a mask
+    # from a Masking layer. Same weights as without compilation; moving statistics as NumPy.
+    rng = np.random.RandomState(8)
+    x = rng.normal(1.0, 2.0, (22, 5, 3)).astype("float32")
+    mask = None
+    if masked:
+        mask = rng.rand(22, 5) > 0.3
+        mask[:, 0] = True
+        x[~mask] = 0.0
+    y = rng.normal(size=(22, 1)).astype("float32")
+    modes = [False] if keras.backend.backend() == "torch" else [False, True]
+    weights = {}
+    for jit in modes:
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((5, 3))
+        h = keras.layers.Masking(0.0)(inputs) if masked else inputs
+        h = GhostBatchNormalization(virtual_batch_size=3, momentum=0.8, name="g")(h)
+        h = keras.layers.GlobalAveragePooling1D()(h)
+        model = keras.Model(inputs, keras.layers.Dense(1)(h))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit)
+        model.fit(x, y, batch_size=6, epochs=2, shuffle=False, verbose=0)
+        weights[jit] = [numpy_of(w) for w in model.weights]
+        layer = model.get_layer("g")
+        mean, var = numpy_moving_after_fit(x, mask, 6, 3, 0.8, epochs=2)
+        np.testing.assert_allclose(numpy_of(layer.moving_mean), mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(numpy_of(layer.moving_variance), var, rtol=1e-5, atol=1e-5)
+    for a, b in zip(weights[modes[0]], weights[modes[-1]]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
