@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -21,6 +20,7 @@ from keras_largebatch.studies import results as rs
 from keras_largebatch.studies import sweep as sw
 
 from ..cli import REPO
+from ..waiting import wait_until
 
 TINY = ["fashion_mnist.max_train_examples = 2000", "fashion_mnist.max_test_examples = 1000",
         "train.epochs = 1"]
@@ -116,7 +116,17 @@ args = sys.argv[1:]
 run_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--run_dir="))
 text = " ".join(args)
 start = time.time()
-time.sleep(3.0 if "fake.slow" in text else 0.2)
+overlapped = None
+if "fake.rendezvous" in text:  # wait (bounded) until every run of the sweep has started
+    here = os.path.dirname(os.path.abspath(run_dir))
+    open(os.path.join(here, "started-" + os.path.basename(run_dir)), "w").close()
+    while len([f for f in os.listdir(here) if f.startswith("started-")]) < 2:
+        if time.time() > start + 300:
+            break
+        time.sleep(0.05)
+    overlapped = len([f for f in os.listdir(here) if f.startswith("started-")]) >= 2
+else:
+    time.sleep(0.2)
 if "train.crash" in text:
     print("Traceback ...\\nerror: bad gin config: fail", file=sys.stderr)
     sys.exit(2)
@@ -127,7 +137,7 @@ epochs = [{"epoch": 1, "train_loss": float("nan") if diverged else 0.4,
            "samples_per_second": 100.0, "epoch_time_s": 1.0}]
 with open(os.path.join(run_dir, "results.json"), "w") as f:
     json.dump({"status": "diverged" if diverged else "completed", "epochs": epochs,
-               "start": start, "end": time.time(),
+               "start": start, "end": time.time(), "overlapped": overlapped,
                "tcmalloc": any("libtcmalloc_minimal" in line for line in open("/proc/self/maps"))},
               f)
 sys.exit(3 if diverged else 0)
@@ -178,10 +188,14 @@ def test_failures_and_divergences_are_recorded_and_the_sweep_goes_on(tmp_path, f
 
 
 def test_parallel_runs_overlap(tmp_path, fake_python):
-    study = grid.sweep(grid={"train.learning_rate": [0.1, 0.2]}, base_bindings=["fake.slow = 1"])
+    """Each fake run waits until both have started (a rendezvous, bounded by 300 s): run one
+    after the other, the first would give up and record overlapped = False."""
+    study = grid.sweep(grid={"train.learning_rate": [0.1, 0.2]},
+                       base_bindings=["fake.rendezvous = 1"])
     sw.run_sweep(study, sweep_dir=str(tmp_path), python=fake_python, parallel=2, poll_s=0.05,
                  echo=lambda _: None)
     (a, b) = (rs.read_results(str(tmp_path / f"learning_rate={lr}")) for lr in (0.1, 0.2))
+    assert a["overlapped"] is True and b["overlapped"] is True
     assert a["start"] < b["end"] and b["start"] < a["end"]
 
 
@@ -215,6 +229,14 @@ GRID_RUNS = ["learning_rate=0.05__batch_size=250", "learning_rate=0.05__batch_si
              "learning_rate=1e+06__batch_size=250", "learning_rate=1e+06__batch_size=500"]
 
 
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def _sweep_cli(*args, **kwargs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return [sys.executable, "-m", "keras_largebatch.studies.sweep", *args], dict(
@@ -236,19 +258,13 @@ def real_sweep(tmp_path_factory):
                          stderr=subprocess.STDOUT, start_new_session=True)
     first = subprocess.Popen(cmd, **kw)
     results = out / GRID_RUNS[0] / "results.json"
-    deadline = time.time() + 240
-    while not rs.is_finished(str(out / GRID_RUNS[0])):
-        assert first.poll() is None and time.time() < deadline, "first run did not finish"
-        time.sleep(0.2)
+    wait_until(lambda: rs.is_finished(str(out / GRID_RUNS[0])) or first.poll() is not None,
+               timeout=600, what=f"the sweep's first run {GRID_RUNS[0]} to finish")
+    assert first.poll() is None, "the sweep ended before its first run finished"
     os.killpg(first.pid, signal.SIGKILL)  # the sweep and the run it started next
     killed_output, _ = first.communicate()
-    deadline = time.time() + 60  # a killed child can outlive its parent briefly under load
-    while time.time() < deadline:
-        try:
-            os.killpg(first.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
+    # a killed child can outlive its parent briefly under load
+    wait_until(lambda: _group_gone(first.pid), timeout=120, what="the killed sweep's runs to end")
     mtime = results.stat().st_mtime_ns
 
     cmd, kw = _sweep_cli(*flags, "--parallel=2", capture_output=True)
