@@ -4,7 +4,9 @@
     <run_dir>/config.gin  tensorboard/  checkpoints/  history.json  results.json  model.keras
 
 Rerunning the same command with the same --run_dir resumes; a run_dir that holds a run of a
-different config is refused rather than silently mixed. The rules that keep a user's data:
+different config is refused rather than silently mixed. The machine's bindings
+(`make_strategy.*`: replicas, timeouts) are not part of a run's identity, so a run continues
+on another replica or worker count (`run_identity`). The rules that keep a user's data:
 
 - `--overwrite` removes only what a run writes (the names above and temporary `.tmp-*` files);
   anything else in the folder stays. It refuses, before anything is touched, the root folder,
@@ -93,6 +95,24 @@ def check_target(run_dir: str, *, overwrite: bool) -> None:
                 f"{others[0]!r}); {what}choose a new or empty folder for the run")
 
 
+# Bindings of the machine a run happens to use, not of the run: a checkpoint continues on
+# another replica or worker count (the global batch, the input position and every schedule are
+# defined independently of it; floating-point sums are not, so bitwise equality holds only on
+# the same count). Under TF_CONFIG the worker count is not a binding at all.
+MACHINE_BINDINGS = ("make_strategy.",)
+
+
+def run_identity(config_text: str) -> list[str]:
+    """The lines of a gin config that make a run what it is: bindings and includes, without
+    comments, blank lines and the machine's bindings (MACHINE_BINDINGS)."""
+    lines = []
+    for line in config_text.splitlines():
+        text = line.strip()
+        if text and not text.startswith("#") and not text.startswith(MACHINE_BINDINGS):
+            lines.append(line.rstrip())
+    return lines
+
+
 def check_compatible(run_dir: str, config_text: str, *, overwrite: bool) -> None:
     """Raise (without writing anything) if `run_dir` holds a run of a different config."""
     path = os.path.join(run_dir, CONFIG_FILE)
@@ -106,11 +126,12 @@ def check_compatible(run_dir: str, config_text: str, *, overwrite: bool) -> None
         raise UserInputError(
             f"{path} {why}, so this run cannot be checked against it; move it away, or pass "
             f"--overwrite to start the run afresh") from None
-    if old.strip() == config_text.strip():
+    old_identity, new_identity = run_identity(old), run_identity(config_text)
+    if old_identity == new_identity:
         return
     changed = [
         line[1:].strip()
-        for line in difflib.unified_diff(old.splitlines(), config_text.splitlines(), n=0)
+        for line in difflib.unified_diff(old_identity, new_identity, n=0)
         if line[:1] in "+-" and not line.startswith(("+++", "---")) and line[1:].strip()
     ]
     first = changed[0] if changed else "?"
