@@ -25,7 +25,7 @@ Left out (LEFT_OUT below), and why:
 - ray_dispatch.py: needs Ray (pip install -e '.[ray]'), starts its own Ray and ~16 real CLI
   runs (~2 min); run it on its own (its docstring).
 Not benches: timing.py (the shared timing harness), netns.py (cluster.py's namespaces),
-cost_model.py (cluster.py's cost model).
+cluster_report.py (its tables), cost_model.py (its cost model).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ LEFT_OUT = {
     "cluster.py": "needs root and network namespaces; ~40 min at its defaults",
     "ray_dispatch.py": "needs Ray; starts its own Ray and ~16 real CLI runs",
 }
-NOT_BENCHES = ("all.py", "timing.py", "netns.py", "cost_model.py")
+NOT_BENCHES = ("all.py", "timing.py", "netns.py", "cost_model.py", "cluster_report.py")
 
 
 def command(name: str, size: str) -> list[str]:

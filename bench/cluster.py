@@ -7,13 +7,24 @@ Run as root from the repository root (iproute2 and taskset needed; ~40 min at th
     .venv/bin/python bench/cluster.py --experiment=lars --parts=experiment
     .venv/bin/python bench/cluster.py --predict_workers=8 --predict_rate=10gbit \
         --predict_params=25600000 --keep_logs=runs/cluster_bench
+    .venv/bin/python bench/cluster.py --smoke     # tiny CNN, 2 epochs of 1024 images, 100mbit
+    .venv/bin/python bench/cluster.py --cleanup   # delete namespaces of benches killed -9
 
 Each worker is one `python -m keras_largebatch.main` process in its own network namespace
 (`klb-<pid>-w<i>`, bench/netns.py), pinned to core i with taskset, with TF_CONFIG naming the
 workers' addresses on the veth link (10.253.0.<i+1>:12345); every link end is capped with
-`tc ... tbf rate R` (R from --rates). The single-worker baseline is one such process pinned to
-core 0 with no TF_CONFIG at the same global batch. Namespaces and links are removed at exit,
-also on Ctrl-C/SIGTERM and when a worker fails; workers are killed by PID.
+`tc ... tbf rate R` (R from --rates, validated first: a bad rate is one `error:` line naming it,
+exit 2, before any namespace exists). The single-worker baseline is one such process pinned to
+core 0 with no TF_CONFIG at the same global batch. Only the namespaces and links need root: the
+workers run as --worker_user (`setpriv` in the namespace: no capabilities left), with HOME and
+their run folders in the bench's work folder, owned by that user. The default, auto, is nobody
+where nobody can execute the python, read the repository and write in the work folder, and root
+otherwise, with the reason printed (e.g. a python under /root, a 0700 folder: then nobody
+cannot run it, and making the workers' python reachable is the fix).
+Namespaces and links are removed at exit, also on Ctrl-C/SIGTERM and when a worker fails;
+workers are killed by PID. A bench killed with SIGKILL cannot clean up: `--cleanup` deletes the
+`klb-<pid>-*` namespaces whose PID is gone (never those of a live PID: a running bench's) and
+prints what it removed and what it kept.
 
 Printed, in one run:
  1. scaling (--parts scaling): samples/s of 1 worker and of --workers workers at global batch
@@ -41,21 +52,20 @@ printed at start and end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cost_model  # noqa: E402
 import netns  # noqa: E402
+from cluster_report import Measured, fill_times, report  # noqa: E402
+from timing import bench_parser, load_average, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PORT = 12345            # each worker's own namespace: no other process can hold it
@@ -88,17 +98,6 @@ class Experiment:
     headline: str           # label of the run of the last line
 
 
-@dataclass
-class Measured:
-    label: str
-    workers: int
-    rate: str | None
-    results: dict
-    time_s: float = 0.0
-    estimated_first: bool = False
-    batches: list[int] = field(default_factory=list)
-
-
 def fixed_bindings(batch: int, every: int) -> list[str]:
     return ["train.batch_schedule = None", f"train.batch_size = {batch}",
             "train.learning_rate = @StepDecay()", "StepDecay.initial = 0.05",
@@ -127,6 +126,14 @@ class Bench:
     def __init__(self, args, cluster: netns.EmulatedCluster, workdir: Path):
         self.args, self.cluster, self.workdir = args, cluster, workdir
         self.count = 0
+        self.home = workdir  # the workers' HOME (Keras' config, caches): see choose_user
+
+    def owned(self, path: Path) -> Path:
+        """Create `path` for the workers: owned by their user, so they can write in it."""
+        path.mkdir(parents=True, exist_ok=True)
+        if self.cluster.identity:
+            os.chown(path, *self.cluster.identity)
+        return path
 
     def common(self, epochs: int) -> list[str]:
         a = self.args
@@ -141,7 +148,7 @@ class Bench:
 
     def env(self, workers: int, index: int) -> dict:
         env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-        env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+        env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", HOME=str(self.home))
         if workers > 1:
             hosts = [f"{a}:{PORT}" for a in self.cluster.addresses[:workers]]
             env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts},
@@ -151,8 +158,39 @@ class Bench:
     def folder(self, what: str) -> Path:
         self.count += 1
         path = self.workdir / f"{self.count:02d}-{re.sub(r'[^A-Za-z0-9.]+', '_', what)}"
-        path.mkdir(parents=True)
-        return path
+        if path.exists():
+            raise netns.ClusterError(f"{path} exists already; give --keep_logs an empty folder")
+        return self.owned(path)
+
+    def choose_user(self) -> str:
+        """Who the workers run as: --worker_user if it can run the python, read the repository
+        and write in the work folder; with `auto` (the default), nobody if it can, else root,
+        saying why. An explicit user that cannot: ClusterError (one line, with the fix)."""
+        wanted = self.args.worker_user
+        if wanted != "root":
+            name = "nobody" if wanted == "auto" else wanted
+            identity = netns.worker_identity(name)
+            probe = self.workdir / "access_probe"
+            probe.mkdir()
+            os.chown(probe, *identity)
+            try:
+                problem = netns.access_problem(
+                    identity, run=self.args.python, write=str(probe),
+                    read=str(REPO / "keras_largebatch" / "main.py"))
+            finally:
+                probe.rmdir()
+            if problem is None:
+                self.cluster.identity = identity
+                wanted = name
+            elif wanted == "auto":
+                print(f"workers run as root: user {name} {problem}", flush=True)
+                wanted = "root"
+            else:
+                raise netns.ClusterError(
+                    f"the workers' user {name} {problem}: give --keep_logs and --python "
+                    f"paths that user can reach, or --worker_user=root")
+        self.home = self.owned(self.workdir / "home")
+        return wanted
 
     def parameters(self, spec: RunSpec) -> int:
         """The model's parameter count, from a --dry_run of the CLI in worker 0's namespace."""
@@ -182,128 +220,20 @@ class Bench:
                         batches=[e["batch_size"] for e in results["epochs"]])
 
 
-# ---- timings -------------------------------------------------------------------------------------
-
-def steady_epochs(m: Measured) -> list[dict]:
-    """Epochs 2.. (epoch 1 holds tracing and start-up); epoch 1 if it is the only one."""
-    epochs = m.results["epochs"]
-    return epochs[1:] if len(epochs) > 1 else epochs
-
-
-def samples_per_second(m: Measured) -> float:
-    return statistics.median(e["samples_per_second"] for e in steady_epochs(m))
-
-
-def fill_times(runs: list[Measured]) -> None:
-    """time_s of each run: epoch_time_s summed, epoch 1 replaced (see the module docstring)."""
-    later: dict[int, list[float]] = {}
-    for m in runs:
-        for e in m.results["epochs"][1:]:
-            later.setdefault(e["batch_size"], []).append(e["epoch_time_s"])
-    for m in runs:
-        epochs = m.results["epochs"]
-        first = epochs[0]
-        m.estimated_first = first["batch_size"] not in later
-        t1 = (first["epoch_time_s"] if m.estimated_first
-              else statistics.median(later[first["batch_size"]]))
-        m.time_s = t1 + sum(e["epoch_time_s"] for e in epochs[1:])
-
-
-def observations(runs: list[Measured], params: int) -> list[cost_model.Observation]:
-    out = []
-    for m in runs:
-        rate = netns.parse_rate(m.rate) if m.rate else None
-        for e in steady_epochs(m):
-            out.append(cost_model.Observation(m.workers, e["batch_size"], rate, params,
-                                              e["batch_size"] / e["samples_per_second"]))
-    return out
-
-
-# ---- report --------------------------------------------------------------------------------------
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def report(args, params: int, scaling: dict, single: Measured | None, exp: Experiment | None,
-           exp_runs: dict[str, list[Measured]]) -> str:
-    lines = []
-    all_runs = ([single] if single else []) + list(scaling.get("extra", [])) + \
-        list(scaling.get("multi", {}).values()) + [m for ms in exp_runs.values() for m in ms]
-    model = cost_model.fit(observations(all_runs, params))
-    w = args.workers
-
-    if single is not None:
-        b = args.scaling_batch
-        lines += ["", f"1. scaling: {args.model}, global batch {b}, {args.examples} examples per "
-                  "epoch; samples/s = median of epochs 2.. (results.json samples_per_second)",
-                  f"{'link':>10} {'1 worker':>10} {f'{w} workers':>10} {'speed-up':>9} "
-                  f"{'model: samples/s':>17} {'speed-up':>9}"]
-        s1 = samples_per_second(single)
-        for rate, m in scaling["multi"].items():
-            sw = samples_per_second(m)
-            bps = netns.parse_rate(rate)
-            p1 = b / model.step_time(1, b, None, params)
-            pw = b / model.step_time(w, b, bps, params)
-            lines.append(f"{rate:>10} {s1:10.1f} {sw:10.1f} {sw / s1:8.2f}x "
-                         f"{pw:17.1f} {pw / p1:8.2f}x")
-
-    if exp is not None:
-        lines += ["", f"2. {exp.name}: {args.model}, {args.epochs} epochs of {args.examples} "
-                  f"examples, {w} workers; time = sum of epoch_time_s, epoch 1 replaced by the "
-                  "median later epoch at its batch (* = not available, raw epoch 1)",
-                  f"{'link':>10} {'run':<20} {'batch per epoch':<22} {'time s':>8} "
-                  f"{'wall s':>7} {'test acc':>8} {'speed-up':>9} {'model: time s':>14} "
-                  f"{'speed-up':>9}"]
-        for rate, runs in exp_runs.items():
-            bps = netns.parse_rate(rate)
-            base = next(m for m in runs if m.label == exp.baseline)
-            pbase = model.run_time(w, base.batches, args.examples, bps, params)
-            for m in runs:
-                pt = model.run_time(w, m.batches, args.examples, bps, params)
-                star = "*" if m.estimated_first else " "
-                lines.append(
-                    f"{rate:>10} {m.label:<20} {','.join(map(str, m.batches)):<22} "
-                    f"{m.time_s:7.1f}{star} {m.results['wall_time_s']:7.1f} "
-                    f"{m.results['final_test_accuracy']:8.4f} {base.time_s / m.time_s:8.2f}x "
-                    f"{pt:14.1f} {pbase / pt:8.2f}x")
-
-    pw_, prate = args.predict_workers or w, args.predict_rate
-    pparams = args.predict_params or params
-    pbps = netns.parse_rate(prate) if prate else None
-    lines += ["", f"3. cost model, fitted to {len(observations(all_runs, params))} steady "
-              f"epochs above (in-sample: its predictions above are not independent checks): "
-              f"{model.describe()}",
-              f"   prediction for {pw_} workers at {prate or 'an unshaped link'}, {pparams:,} "
-              f"parameters ({4 * pparams / 1e6:.2f} MB float32; measured model: {params:,})"]
-    if model.rank < 4:
-        lines.append("   (not all parameters pinned: run both parts, at >= 2 rates, for a "
-                     "prediction that means something)")
-    b = args.scaling_batch
-    sp = model.step_time(1, b, None, pparams) / model.step_time(pw_, b, pbps, pparams)
-    lines.append(f"   scaling at global batch {b}: {pw_} workers vs 1: {sp:.2f}x")
-    if exp is not None:
-        batches = {m.label: m.batches for m in exp_runs[next(iter(exp_runs))]}
-        tb = model.run_time(pw_, batches[exp.baseline], args.examples, pbps, pparams)
-        for label, bs in batches.items():
-            if label != exp.baseline:
-                t = model.run_time(pw_, bs, args.examples, pbps, pparams)
-                lines.append(f"   {label} over {exp.baseline}: {tb / t:.2f}x")
-        lines.append("")
-        for rate in sorted(exp_runs, key=lambda r: -(netns.parse_rate(r) or float("inf"))):
-            runs = {m.label: m for m in exp_runs[rate]}
-            h, bl = runs[exp.headline], runs[exp.baseline]
-            lines.append(f"{exp.headline.split()[0]} speed-up over {exp.baseline}: "
-                         f"{bl.time_s / h.time_s:.2f}x at {rate} (accuracy "
-                         f"{h.results['final_test_accuracy']:.4f} vs "
-                         f"{bl.results['final_test_accuracy']:.4f})")
-    return "\n".join(lines)
-
-
 # ---- main ----------------------------------------------------------------------------------------
 
+SMOKE = {"model": "cnn_fashion", "gin_bindings": ["cnn_fashion.filters = (8, 16)"],
+         "test_examples": 200, "epochs": 2, "parts": "experiment", "experiment_rates": "100mbit",
+         "examples": 1024}
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_parser(__doc__)
+    p.add_argument("--cleanup", action="store_true",
+                   help="only delete the namespaces of benches that are gone (killed -9)")
+    p.add_argument("--worker_user", default="auto",
+                   help="user the workers run as; auto: nobody where it can run the python and "
+                        "reach the folders, else root (the reason printed); root: no change")
     p.add_argument("--experiment", choices=("adabatch", "lars"), default="adabatch")
     p.add_argument("--parts", default="scaling,experiment",
                    help="comma list of: scaling, experiment")
@@ -326,6 +256,9 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, default=1800, help="seconds per training run")
     p.add_argument("--python", default=sys.executable, help="python of the workers")
     args = p.parse_args(argv)
+    if args.smoke:  # the smallest run: 3 two-worker runs of a tiny CNN (the slow test's)
+        for name, value in SMOKE.items():
+            setattr(args, name, [*value, *args.gin_bindings] if name == "gin_bindings" else value)
     args.parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     if not args.parts or not args.parts <= {"scaling", "experiment"}:
         p.error("--parts: a comma list of scaling, experiment")
@@ -337,9 +270,16 @@ def parse_args(argv):
         args.rates = [r.strip() for r in args.rates.split(",") if r.strip()]
         args.experiment_rates = [r.strip() for r in args.experiment_rates.split(",")
                                  if r.strip()]
-        for r in [*args.rates, *args.experiment_rates, args.predict_rate]:
-            if r is not None:
-                netns.parse_rate(r)
+        for flag, rates in (("--rates", args.rates),
+                            ("--experiment_rates", args.experiment_rates),
+                            ("--predict_rate", [args.predict_rate] if args.predict_rate else [])):
+            if not rates and flag != "--predict_rate":
+                raise ValueError(f"no rate in {flag}: give e.g. {flag}=100mbit,1gbit")
+            for r in rates:
+                try:
+                    netns.parse_rate(r)
+                except ValueError as e:
+                    raise ValueError(f"{flag}: {e}") from None
     except ValueError as e:
         p.error(str(e))
     if args.predict_rate is None:
@@ -353,12 +293,15 @@ def run(args) -> int:
     workdir = Path(args.keep_logs).resolve() if args.keep_logs else Path(
         tempfile.mkdtemp(prefix="klb-cluster-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if not args.keep_logs:
+        workdir.chmod(0o755)  # mkdtemp's 0700 would keep the workers' user out of their folders
     print(f"emulated cluster: {args.workers} workers, one network namespace and one core "
-          f"each ({os.cpu_count()} cores here); load average at start: {load()}", flush=True)
+          f"each\n{machine_line()}", flush=True)
     try:
         with netns.EmulatedCluster(args.workers) as cluster:
             print(f"namespaces {', '.join(cluster.namespaces)}; logs in {workdir}", flush=True)
             bench = Bench(args, cluster, workdir)
+            print(f"workers run as {bench.choose_user()}", flush=True)
             exp = experiment(args.experiment, args.epochs) if "experiment" in args.parts \
                 else None
             scale_spec = RunSpec(f"fixed {args.scaling_batch}", ADABATCH_GIN,
@@ -384,7 +327,7 @@ def run(args) -> int:
                                       for spec in exp.runs]
                     fill_times(exp_runs[rate])
         text = report(args, params, scaling, single, exp, exp_runs)
-        print(f"load average at end: {load()}")
+        print(f"load average at end: {load_average()}")
         print(text, flush=True)
         return 0
     finally:
@@ -392,12 +335,31 @@ def run(args) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def cleanup() -> int:
+    """--cleanup: delete the namespaces of benches that are gone; say what was kept."""
+    removed, kept = netns.remove_stale()
+    for name in removed:
+        print(f"removed {name} (its bench's PID is gone)")
+    for name in kept:
+        print(f"kept {name} (PID {name.split('-')[1]} is alive)")
+    print(f"{len(removed)} namespace(s) removed, {len(kept)} kept")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    problem = netns.requirements_error()
+    problem = netns.requirements_error(
+        tools=("ip",) if args.cleanup else ("ip", "tc", "taskset")
+        + (("setpriv", "sh") if args.worker_user != "root" else ()))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.cleanup:
+        try:
+            return cleanup()
+        except netns.ClusterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_interrupted)
     try:

@@ -1,11 +1,15 @@
 """bench/cluster.py, bench/netns.py, bench/cost_model.py: the emulated-cluster benchmark.
 
 - the cost model recovers known parameters from synthetic timings (pure numpy);
-- rates parse, and the bench refuses to run (one `error:` line, exit 2) without its tools;
+- rates parse, reach tc only in their validated whole-bits form, and a bad one is one `error:`
+  line naming it and the fix (exit 2); the bench refuses to run without its tools;
 - the namespace tool leaves no namespace or link behind: after a normal exit, after a worker
-  that exits 1, and after SIGINT to the bench process (skipped where network namespaces are not
+  that exits 1, and after SIGINT to the bench process; `--cleanup` removes what a bench killed
+  with SIGKILL left (its PID is gone) and never a live PID's; workers run as nobody with no
+  capabilities (these need root: skipped, with the reason, where network namespaces are not
   permitted: not root, or `ip netns add` fails);
-- a tiny 2-worker run of the real CLI over a 100mbit link completes (slow).
+- the smallest run (`--smoke`: 2 workers of a tiny CNN over a 100mbit link, the real CLI)
+  completes (slow).
 """
 
 import os
@@ -14,7 +18,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +29,7 @@ import pytest
 from ..cli import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
+import cluster  # noqa: E402
 import cost_model  # noqa: E402
 import netns  # noqa: E402
 
@@ -126,6 +134,47 @@ def test_requirements():
         euid=0, which=lambda tool: None if tool == "tc" else "/x")
 
 
+def test_rates_reach_tc_only_validated_and_in_whole_bits():
+    assert netns.tc_rate("100mbit") == "100000000bit"
+    assert netns.tc_rate(" 1.5GBIT ") == "1500000000bit"
+    assert netns.tc_rate("8kbit") == "8000bit"
+    assert netns.tc_rate("none") is None and netns.tc_rate("unshaped") is None
+    for bad in ("100 Mbps", "0mbit", "0.4bit", "1e9bit", "100mbit; reboot", "-5mbit", "",
+                "99999999999gbit", 100):
+        with pytest.raises(ValueError, match=re.escape(f"bad link rate {bad!r}")) as e:
+            netns.tc_rate(bad)
+        assert "100mbit" in str(e.value)  # the fix: what to give instead
+    with pytest.raises(ValueError, match="bad link rate 'fast'"):
+        netns.EmulatedCluster(2, rate="fast")  # refused before any namespace exists
+
+
+@pytest.mark.parametrize("flag, value", [("--rates", "100 Mbps"), ("--experiment_rates", "0mbit"),
+                                         ("--predict_rate", "fast")])
+def test_a_bad_rate_is_one_error_line(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cluster.main([f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {flag}: bad link rate '{value}': give ") and "1gbit" in err
+    assert "Traceback" not in err
+
+
+def test_stale_namespaces_are_dead_pids_klb_names_only():
+    names = {"klb-123-w0", "klb-123-br", "klb-456-w1", "klb-probe-9", "other", "klb-x-w0",
+             "klb-123"}
+    assert netns.stale_namespaces(names, alive=lambda pid: pid == 456) == ["klb-123-br",
+                                                                           "klb-123-w0"]
+    assert netns.stale_namespaces(names, alive=lambda pid: True) == []
+    assert netns.pid_alive(os.getpid()) and netns.pid_alive(1)
+
+
+def test_unknown_worker_user():
+    with pytest.raises(netns.ClusterError, match="no user 'no-such-user-klb'.*--worker_user"):
+        netns.worker_identity("no-such-user-klb")
+    assert netns.worker_identity("nobody")[0] == int(
+        subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True).stdout)
+
+
 def test_refuses_without_ip_and_tc():
     proc = subprocess.run(BENCH, cwd=REPO, env={**os.environ, "PATH": "/nonexistent"},
                           capture_output=True, text=True, timeout=60)
@@ -213,15 +262,129 @@ def test_sigint_to_the_bench_kills_workers_and_removes_namespaces():
 
 @needs_netns
 @pytest.mark.slow
-def test_tiny_two_worker_run_over_a_shaped_link(tmp_path):
+def test_tiny_two_worker_run_over_a_shaped_link():
     before = _state()
-    proc = subprocess.run([*BENCH, *TINY, "--parts=experiment", "--experiment_rates=100mbit",
-                           "--examples=1024", f"--keep_logs={tmp_path}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    # --smoke: TINY, --parts=experiment, --experiment_rates=100mbit, --examples=1024; the
+    # workers (nobody) need a folder they can reach, which pytest's tmp_path (0700) is not.
+    tmp_path = Path(tempfile.mkdtemp(prefix="klb-test-cluster-"))
+    tmp_path.chmod(0o755)
+    try:
+        proc = subprocess.run([*BENCH, "--smoke", f"--keep_logs={tmp_path}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        workers_logs = list(tmp_path.glob("*/worker1.log"))
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"adabatch speed-up over fixed 128: \d+\.\d\dx at 100mbit "
                         r"\(accuracy \d\.\d{4} vs \d\.\d{4}\)", lines[-1]), lines[-1]
     assert "3. cost model" in proc.stdout
-    assert len(list(tmp_path.glob("*/worker1.log"))) == 3  # one per 2-worker run, kept
+    assert len(workers_logs) == 3  # one per 2-worker run, kept
+    assert _state() == before
+
+
+# ---- --cleanup: what a bench killed with SIGKILL left ---------------------------------------
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    assert not netns.pid_alive(proc.pid)
+    return proc.pid
+
+
+def _cleanup() -> subprocess.CompletedProcess:
+    return subprocess.run([*BENCH, "--cleanup"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+@needs_netns
+def test_cleanup_removes_a_dead_pids_namespaces_and_keeps_a_live_ones():
+    dead, live = _dead_pid(), os.getpid()
+    made = [f"klb-{dead}-w0", f"klb-{dead}-br", f"klb-{live}-cleanup"]
+    for name in made:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        proc = _cleanup()
+        assert proc.returncode == 0, proc.stderr
+        assert f"removed klb-{dead}-w0" in proc.stdout and f"removed klb-{dead}-br" in proc.stdout
+        assert f"kept klb-{live}-cleanup (PID {live} is alive)" in proc.stdout
+        assert not _ours(dead)
+        assert _ours(live) == {f"klb-{live}-cleanup"}
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@needs_netns
+def test_cleanup_after_a_bench_killed_with_sigkill():
+    before = _state()
+    holder = textwrap.dedent("""
+        import sys, time
+        import netns
+        cluster = netns.EmulatedCluster(3, rate="100mbit").__enter__()
+        print(" ".join([*cluster.namespaces, cluster.bridge_namespace]), flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], cwd=REPO / "bench",
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        names = set(proc.stdout.readline().split())
+        assert len(names) == 4 and names == _ours(proc.pid)
+    finally:
+        proc.kill()  # SIGKILL: no atexit, no close()
+        proc.wait()
+        proc.stdout.close()
+    assert _ours(proc.pid) == names  # left behind
+    out = _cleanup()
+    assert out.returncode == 0, out.stderr
+    assert all(f"removed {n}" in out.stdout for n in names), out.stdout
+    assert not _ours(proc.pid)
+    assert _state() == before
+
+
+@needs_netns
+@pytest.mark.parametrize("user, uid", [("nobody", None), (None, "0")])
+def test_workers_run_as_the_worker_user_without_capabilities(tmp_path, user, uid):
+    uid = uid or subprocess.run(["id", "-u", "nobody"], capture_output=True,
+                                text=True).stdout.strip()
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    show = ["sh", "-c", "id -u; grep CapEff /proc/self/status"]
+    with netns.EmulatedCluster(2, user=user) as c:
+        assert c.run([show, show], envs=[dict(os.environ)] * 2, cwd=REPO, logs=logs,
+                     timeout=60) == [0, 0]
+    for log in logs:
+        lines = log.read_text().split()
+        assert lines[0] == uid
+        cap_eff = int(lines[-1], 16)
+        assert (cap_eff == 0) == (user == "nobody"), lines  # root keeps its capabilities
+
+
+@needs_netns
+def test_access_problem_names_what_the_worker_user_cannot_reach(tmp_path):
+    nobody = netns.worker_identity("nobody")
+    open_dir = Path(tempfile.mkdtemp(prefix="klb-test-access-"))
+    try:
+        open_dir.chmod(0o777)
+        assert netns.access_problem(nobody, run="/bin/sh", read="/etc/passwd",
+                                    write=str(open_dir)) is None
+        closed = tmp_path / "closed"
+        closed.mkdir(mode=0o700)
+        assert netns.access_problem(nobody, run="/bin/sh", read=str(closed / "x"),
+                                    write=str(closed)) == (
+            f"cannot read {closed / 'x'}, write in {closed}")
+    finally:
+        shutil.rmtree(open_dir)
+
+
+@needs_netns
+def test_a_worker_user_that_cannot_reach_the_work_folder_is_one_error_line(tmp_path):
+    before = _state()
+    closed = tmp_path / "logs"  # under pytest's 0700 folder: nobody cannot enter it
+    proc = subprocess.run([*BENCH, "--smoke", "--worker_user=nobody", f"--keep_logs={closed}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: the workers' user nobody cannot ") and str(closed) in \
+        errors[0] and "--worker_user=root" in errors[0]
+    assert "Traceback" not in proc.stderr
     assert _state() == before
