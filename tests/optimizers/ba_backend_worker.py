@@ -41,8 +41,7 @@ def build(covariance="projection", hidden=4, momentum=0.9, loss_floor=FLOOR,
     """A BAModel over Dense(hidden, tanh) -> Dense(1) (or one Dense when hidden=0)."""
     import keras
 
-    from keras_largebatch.optimizers import BAMomentum
-    from keras_largebatch.training.steps import BAModel
+    from keras_largebatch.optimizers import BAModel, BAMomentum
 
     layers = [keras.Input((D,))]
     if hidden:
@@ -103,7 +102,7 @@ def trajectories() -> dict:
 
 def _count_traces() -> list:
     """[number of calls of the Python JAX train step]: it runs only when jax.jit traces it."""
-    from keras_largebatch.training.steps import ba_model_jax
+    from keras_largebatch.optimizers import ba_model_jax
 
     step = getattr(ba_model_jax.jax_train_step, "__wrapped__", ba_model_jax.jax_train_step)
     counter = [0]

@@ -149,8 +149,7 @@ def test_jax_training_imports_no_tensorflow(jax_results):
 
 
 def test_torch_backend_gets_an_error_naming_the_supported_backends(monkeypatch):
-    from keras_largebatch.optimizers import BAMomentum
-    from keras_largebatch.training.steps import BAModel
+    from keras_largebatch.optimizers import BAModel, BAMomentum
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(RuntimeError, match=r"supported backends: tensorflow, jax"):

@@ -14,8 +14,8 @@ import tensorflow as tf
 from keras_largebatch.data.sources import fashion_mnist
 from keras_largebatch.models import build_model
 from keras_largebatch.optimizers.ba_math import optimal_batch_size
+from keras_largebatch.optimizers.ba_model import BAModel, ba_chunk_step
 from keras_largebatch.optimizers.ba_momentum import BAMomentum
-from keras_largebatch.training.steps.ba_model import BAModel, ba_chunk_step
 
 SQUARED = lambda y, p: 0.5 * tf.reduce_sum(tf.square(y - p), axis=-1)  # noqa: E731
 

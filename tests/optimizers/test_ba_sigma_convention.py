@@ -14,8 +14,8 @@ import tensorflow as tf
 from scipy.stats import norm
 
 from keras_largebatch.optimizers import ba_math
+from keras_largebatch.optimizers.ba_model import ba_chunk_step
 from keras_largebatch.optimizers.ba_momentum import BAMomentum
-from keras_largebatch.training.steps.ba_model import ba_chunk_step
 
 SQUARED = lambda y, p: 0.5 * tf.reduce_sum(tf.square(y - p), axis=-1)  # noqa: E731
 

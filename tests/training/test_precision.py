@@ -22,12 +22,12 @@ from keras_largebatch.errors import UserInputError
 from keras_largebatch.layers import GhostBatchNormalization
 from keras_largebatch.models import build_model
 from keras_largebatch.optimizers import LARS, BAMomentum
+from keras_largebatch.optimizers.ba_model import ba_chunk_step
 from keras_largebatch.schedules import AdaBatch, fit_with_batch_schedule
 from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.loop import train
 from keras_largebatch.training.metrics import RunningMetrics
 from keras_largebatch.training.precision import float32_outputs, precision_policy
-from keras_largebatch.training.steps.ba_model import ba_chunk_step
 from keras_largebatch.training.steps.train_step import TrainStep, per_example_loss_fn
 
 from .helpers import fashion_subset

@@ -17,9 +17,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_largebatch.optimizers.ba_model import ba_chunk_step
 from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics
-from keras_largebatch.training.steps.ba_model import ba_chunk_step
 from keras_largebatch.training.steps.train_step import per_example_loss_fn
 
 
