@@ -4,6 +4,8 @@ ends with one line naming the path, exit status 4 and no traceback; the first ch
 intact, and once space is freed (the tmpfs grown) the same command resumes from it and finishes.
 
 Needs root (mount); skipped with the reason otherwise. What is mounted is always unmounted.
+The full run is a real process (the suite's exit-status-4 contract); the resume runs in-process
+(tests/inprocess.py).
 """
 
 import json
@@ -14,8 +16,9 @@ import pytest
 from keras_largebatch.training import checkpoint_files as cf
 
 from ..cli import TINY, error_lines, run_cli
+from ..inprocess import run_main
 
-pytestmark = pytest.mark.slow  # 2 CLI processes with a 200k-parameter model
+pytestmark = [pytest.mark.slow, pytest.mark.needs_root]  # a 200k-parameter model, twice
 
 B = "--gin_bindings="
 CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 6000",
@@ -47,7 +50,7 @@ def test_full_disk_during_a_save_is_one_line_exit_4_and_resumable(tmp_path):
         assert not (run_dir / "checkpoints" / "ckpt-8_temp").exists()  # its space given back
 
         subprocess.run(["mount", "-o", "remount,size=64M", str(mnt)], check=True)  # space freed
-        again = run_cli(*CONFIG, f"--run_dir={run_dir}")
+        again = run_main(*CONFIG, f"--run_dir={run_dir}")
         assert again.returncode == 0, again.stderr[-3000:]
         assert f"from {run_dir}/checkpoints/ckpt-4\n" in again.stdout, again.stdout[-2000:]
         assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
