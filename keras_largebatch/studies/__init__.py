@@ -6,7 +6,8 @@ and the paper's metric. Each run is a real `python -m keras_largebatch.main` pro
 run folder (results.json, config.gin, TensorBoard, checkpoints) inside the sweep folder.
 
     python -m keras_largebatch.studies.sweep --gin_file=gin/studies/<study>.gin \\
-        [--sweep_dir=runs/<study>] [--parallel=2] [--dry_run] [--noplot]
+        [--sweep_dir=runs/<study>] [--parallel=2] [--dry_run] [--noplot] \\
+        [--executor=ray [--ray_address=auto|host:port] [--num_cpus=1] [--num_gpus=0]]
     python -m keras_largebatch.studies.plot runs/<run_or_sweep_dir> [--runs='boom_*'] \\
         [--out_dir=runs/<study>/boom] [--notensorboard]
     python -m keras_largebatch.studies.batch_growth runs/<study> [--m0=32]
@@ -27,5 +28,7 @@ training loop can import too):
     run_data  one run folder read for the figures (Run)
     plot      the figures of a run or sweep folder, and its command line
     batch_growth  a batch-adaptive sweep's boom statistics per grid point, and its command line
+    executors the runs' execution: local subprocesses or Ray core tasks (the same CLI process)
+    hparams   TensorBoard HParams summaries of a study's runs (written by the sweep)
     sweep     the runner and its command line (regenerates the plots at the end)
 """

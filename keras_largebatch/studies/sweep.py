@@ -249,26 +249,29 @@ def _run_locked(study: Study, *, sweep_dir: str, executor, title: str, python: s
 
 # ---- Command line -------------------------------------------------------------------------------
 
-def _define_flags():
+def _define_flags(flag_values=None):
+    """Define the sweep's flags on `flag_values` (default absl's global FLAGS)."""
     from absl import flags
 
-    flags.DEFINE_multi_string("gin_file", [], "Study gin file(s): sweep.* bindings.")
-    flags.DEFINE_multi_string("gin_bindings", [], "Extra sweep.* bindings.")
-    flags.DEFINE_string("sweep_dir", None, "Output folder (default runs/<study file name>).")
-    flags.DEFINE_integer("parallel", 1, "Runs at once (--executor=local).")
+    fv = {"flag_values": flag_values} if flag_values is not None else {}
+    flags.DEFINE_multi_string("gin_file", [], "Study gin file(s): sweep.* bindings.", **fv)
+    flags.DEFINE_multi_string("gin_bindings", [], "Extra sweep.* bindings.", **fv)
+    flags.DEFINE_string("sweep_dir", None, "Output folder (default runs/<study file name>).", **fv)
+    flags.DEFINE_integer("parallel", 1, "Runs at once (--executor=local).", **fv)
     flags.DEFINE_enum("executor", "local", list(EXECUTORS), "Where the runs train: local "
-                      "subprocesses, or Ray tasks on a cluster (pip install -e '.[ray]').")
+                      "subprocesses, or Ray tasks on a cluster (pip install -e '.[ray]').", **fv)
     flags.DEFINE_string("ray_address", None, "--executor=ray: the cluster, 'auto' or host:port "
-                        "(default: RAY_ADDRESS, else a local cluster, else a new local Ray).")
-    flags.DEFINE_float("num_cpus", 1, "--executor=ray: CPUs one run reserves (and TF threads).")
-    flags.DEFINE_float("num_gpus", 0, "--executor=ray: GPUs one run reserves.")
+                        "(default: RAY_ADDRESS, else a local cluster, else a new local Ray).", **fv)
+    flags.DEFINE_float("num_cpus", 1, "--executor=ray: CPUs one run reserves (and its TF "
+                       "threads).", **fv)
+    flags.DEFINE_float("num_gpus", 0, "--executor=ray: GPUs one run reserves.", **fv)
     flags.DEFINE_integer("max_retries", 3, "--executor=ray: how often Ray reruns a run whose "
-                         "node or worker died (it resumes from its checkpoint).")
-    flags.DEFINE_bool("dry_run", False, "Print each run's command and exit.")
+                         "node or worker died (it resumes from its checkpoint).", **fv)
+    flags.DEFINE_bool("dry_run", False, "Print each run's command and exit.", **fv)
     flags.DEFINE_bool("gin_allow_imports", False, "Let the study file and every run's gin "
-                      "config import Python modules (they are then code that runs as you).")
+                      "config import Python modules (they are then code that runs as you).", **fv)
     flags.DEFINE_bool("plot", True, "Regenerate the plots (keras_largebatch.studies.plot) at the "
-                      "end.")
+                      "end.", **fv)
 
 
 def _fail(message: str) -> None:
@@ -291,10 +294,11 @@ def _ray_options(FLAGS) -> RayOptions | None:
                       num_gpus=FLAGS.num_gpus, max_retries=FLAGS.max_retries)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], FLAGS=None) -> None:
+    """The command; `FLAGS`: parsed flag values (default absl's global FLAGS)."""
     from absl import flags
 
-    FLAGS = flags.FLAGS
+    FLAGS = FLAGS if FLAGS is not None else flags.FLAGS
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
     if not FLAGS.gin_file:

@@ -268,3 +268,33 @@ def test_bad_ray_options_name_the_value(tmp_path, kwargs, message):
         sw.run_sweep(grid.sweep(grid={"train.learning_rate": [0.1]}),
                      sweep_dir=str(tmp_path / "out"), **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, list[str]]:
+    """The sweep command in this process on its own flag values: exit status, stderr lines."""
+    from absl import flags
+
+    values = flags.FlagValues()
+    sw._define_flags(values)
+    values(["sweep", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        sw.main(["sweep"], values)
+    return exit_.value.code, capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--executor=ray"], "error: --executor=ray needs Ray, which is not installed; install it "
+                         "with pip install -e '.[ray]' (or pip install 'ray==2.60.0')"),
+    (["--ray_address=auto"], "error: --ray_address is for --executor=ray; add --executor=ray or "
+                             "drop --ray_address"),
+    (["--num_gpus=1"], "error: --num_gpus is for --executor=ray; add --executor=ray or drop "
+                       "--num_gpus"),
+])
+def test_the_command_ends_bad_ray_input_with_one_error_line(tmp_path, capsys, monkeypatch,
+                                                            flags, message):
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray hidden: `import ray` raises ImportError
+    study = tmp_path / "study.gin"
+    study.write_text("sweep.grid = {'train.learning_rate': [0.1]}\n")
+    code, err = _cli([f"--gin_file={study}", f"--sweep_dir={tmp_path / 'out'}", *flags], capsys)
+    assert (code, err) == (2, [message])
+    assert not (tmp_path / "out").exists()
