@@ -107,8 +107,7 @@ def measure(x, y, args) -> None:
 
 def ba_models(mode: str, chunk: int) -> tuple[keras.Model, keras.Model]:
     """(cnn_fashion with SGD momentum, the same weights in a BAModel with BAMomentum)."""
-    from keras_largebatch.optimizers import BAMomentum
-    from keras_largebatch.training.steps import BAModel
+    from keras_largebatch.optimizers import BAModel, BAMomentum
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     keras.utils.set_random_seed(0)

@@ -52,7 +52,13 @@ def _namespaces_refused() -> str | None:
 
 
 REFUSED = _namespaces_refused()
-needs_netns = pytest.mark.skipif(REFUSED is not None, reason=str(REFUSED))
+
+
+def needs_netns(test):
+    """Root-only (marked needs_root); also skipped, with the reason, where `ip netns add` is
+    refused (a container without the capability, iproute2 missing)."""
+    refused = pytest.mark.skipif(REFUSED is not None, reason=str(REFUSED))
+    return pytest.mark.needs_root(refused(test))
 
 
 def _state() -> tuple[set[str], str]:
