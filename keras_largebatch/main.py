@@ -3,7 +3,10 @@
     python -m keras_largebatch.main                                  # gin/default.gin
     python -m keras_largebatch.main --gin_file=gin/experiments/<x>.gin \\
         --gin_bindings='train.epochs = 3' --run_dir=runs/my_run
-    keras-largebatch ...                                             # same flags
+    keras-largebatch ...                                             # same flags, same --help
+
+A config named `gin/...` (and every include) is found from any folder: the current folder
+first, then the configs the package carries, then --gin_search_paths (keras_largebatch/configs.py).
 
 Rerunning with the same --run_dir resumes from its latest checkpoint. Bad input (a bad flag, gin
 text, value, run dir or data file: anything that fails before the first update) ends with one
@@ -21,12 +24,9 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO_GIN_DIR = os.path.join(REPO_DIR, "gin")  # includes are written "gin/models/x.gin"
+from keras_largebatch import configs
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'train.epochs = 3'.")
@@ -53,6 +53,19 @@ def _fail(message: str, status: int = 2, hard: bool = False) -> None:
     sys.exit(status)
 
 
+def _resolve_gin_files(names: list[str]) -> list[str]:
+    """Each --gin_file as an absolute path (configs.resolve), or one error line."""
+    found = []
+    for name in names:
+        path = configs.resolve(name, FLAGS.gin_search_paths)
+        if path is None:
+            where = ", ".join(configs.search_paths(FLAGS.gin_search_paths))
+            _fail(f"--gin_file={name} is not a file (looked in {where}); name a gin file, "
+                  f"e.g. --gin_file=gin/experiments/lars_fashion_mnist.gin")
+        found.append(path)
+    return found
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
@@ -76,11 +89,12 @@ def main(argv: list[str]) -> None:
     if FLAGS.list_configurables:
         print("\n".join(config.list_configurables()))
         return
-    for path in [os.getcwd(), REPO_DIR, *FLAGS.gin_search_paths]:
+    gin_files = _resolve_gin_files(FLAGS.gin_file or [configs.DEFAULT_CONFIG])
+    for path in configs.search_paths(FLAGS.gin_search_paths):
         gin.add_config_file_search_path(path)
-    gin_files = FLAGS.gin_file or [os.path.join(REPO_GIN_DIR, "default.gin")]
     try:
-        with gin_policy.restricted(allow_imports=FLAGS.gin_allow_imports):
+        with gin_policy.restricted(allow_imports=FLAGS.gin_allow_imports), \
+                configs.quiet_lookups():
             gin.parse_config_files_and_bindings(gin_files, FLAGS.gin_bindings)
     except UserInputError as e:
         _fail(e.line)
@@ -119,6 +133,7 @@ def run() -> None:
     """Console script `keras-largebatch`."""
     from keras_largebatch import cli_flags
 
+    cli_flags.show_in_help(sys.modules[__name__])  # --help as `python -m keras_largebatch.main`
     app.run(main, flags_parser=cli_flags.parse)
 
 
