@@ -23,7 +23,7 @@ import sys
 from keras_largebatch.import_hooks import when_imported
 
 MODULES = ("keras_largebatch.layers", "keras_largebatch.optimizers",
-           "keras_largebatch.schedules")
+           "keras_largebatch.schedules", "keras_largebatch.goodput")
 
 
 def register() -> None:

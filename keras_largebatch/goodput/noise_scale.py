@@ -61,6 +61,34 @@ def b_simple(g2, trace):
     return trace / g2 if g2 > 0 else float("inf")
 
 
+def smoothed_update(state, g2, trace, batch, *, reference_batch: float, smoothing: float):
+    """The averages' next values (sqr_biased, trace_biased, unbias) after one estimate at
+    `batch` samples: x <- theta x + (1 - theta) estimate, theta = smoothing ** (batch /
+    reference_batch); unchanged for a non-finite estimate. Pure (keras.ops), any backend."""
+    sqr_biased, trace_biased, unbias = (ops.convert_to_tensor(v) for v in state)
+    g2 = ops.cast(g2, "float32")
+    trace = ops.cast(trace, "float32")
+    ok = ops.logical_and(ops.isfinite(g2), ops.isfinite(trace))
+    theta = ops.power(ops.cast(smoothing, "float32"),
+                      ops.cast(batch, "float32") / float(reference_batch))
+    theta = ops.where(ok, theta, 1.0)
+    return (theta * sqr_biased + (1.0 - theta) * ops.where(ok, g2, 0.0),
+            theta * trace_biased + (1.0 - theta) * ops.where(ok, trace, 0.0),
+            theta * unbias + (1.0 - theta))
+
+
+def smoothed_values(sqr_biased, trace_biased, unbias) -> dict:
+    """Host-side grad_sqr, grad_trace, b_simple from the averages' variables (None before the
+    first estimate; b_simple None while |G|^2 <= 0)."""
+    u = float(ops.convert_to_numpy(unbias))
+    if u <= 0:
+        return {"grad_sqr": None, "grad_trace": None, "b_simple": None}
+    g2 = float(ops.convert_to_numpy(sqr_biased)) / u
+    trace = float(ops.convert_to_numpy(trace_biased)) / u
+    return {"grad_sqr": g2, "grad_trace": trace,
+            "b_simple": b_simple(g2, trace) if g2 > 0 else None}
+
+
 class SmoothedGradientStats:
     """Bias-corrected moving averages of |G|^2 and tr(Sigma); Keras variables, any backend.
 
@@ -92,16 +120,11 @@ class SmoothedGradientStats:
     def update(self, g2, trace, batch) -> None:
         """Fold one estimate in; a non-finite one (an overflowing mixed-precision step) is
         skipped, as adaptdl skips it."""
-        g2 = ops.cast(g2, "float32")
-        trace = ops.cast(trace, "float32")
-        ok = ops.logical_and(ops.isfinite(g2), ops.isfinite(trace))
-        theta = ops.power(ops.cast(self.smoothing, "float32"),
-                          ops.cast(batch, "float32") / self.reference_batch)
-        theta = ops.where(ok, theta, 1.0)
-        self.sqr_biased.assign(theta * self.sqr_biased + (1.0 - theta) * ops.where(ok, g2, 0.0))
-        self.trace_biased.assign(theta * self.trace_biased
-                                 + (1.0 - theta) * ops.where(ok, trace, 0.0))
-        self.unbias.assign(theta * self.unbias + (1.0 - theta))
+        new = smoothed_update((self.sqr_biased, self.trace_biased, self.unbias), g2, trace,
+                              batch, reference_batch=self.reference_batch,
+                              smoothing=self.smoothing)
+        for variable, value in zip(self.variables, new):
+            variable.assign(value)
 
     def _mean(self, biased):
         u = ops.convert_to_tensor(self.unbias)
@@ -121,9 +144,4 @@ class SmoothedGradientStats:
 
     def values(self) -> dict[str, float]:
         """Host-side floats: grad_sqr, grad_trace, b_simple (None before the first estimate)."""
-        if not self.ready():
-            return {"grad_sqr": None, "grad_trace": None, "b_simple": None}
-        g2 = float(ops.convert_to_numpy(self.sqr()))
-        trace = float(ops.convert_to_numpy(self.trace()))
-        return {"grad_sqr": g2, "grad_trace": trace,
-                "b_simple": b_simple(g2, trace) if g2 > 0 else None}
+        return smoothed_values(*self.variables)

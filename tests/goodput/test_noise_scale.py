@@ -20,37 +20,15 @@ from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics
 from keras_largebatch.training.steps.train_step import TrainStep
 
-from ..training.helpers import fashion_subset
-
-N = 2048
+from .brute_force import N, exact_statistics, per_example_grads, problem_arrays, standard_errors
 
 
 @pytest.fixture(scope="module")
 def problem():
     """Normalised real images, labels, fixed softmax-regression weights, exact statistics."""
-    source = fashion_subset(N)
-    x, y = source.train_arrays
-    x = ((x.astype(np.float32) / 255.0 - source.mean) / source.std).reshape(N, -1)
-    x = x.astype(np.float32)
-    y = y.astype(np.int64)
-    rng = np.random.default_rng(0)
-    w = rng.normal(0, 0.01, size=(784, 10)).astype(np.float32)
-    b = np.zeros(10, np.float32)
-    per_example = _per_example_grads(x, y, w, b)          # [N, 7850]
-    g = per_example.mean(axis=0)
-    exact_g2 = float(g @ g)
-    exact_trace = float(((per_example - g) ** 2).sum(axis=1).mean())
-    return x, y, w, b, per_example, exact_g2, exact_trace
-
-
-def _per_example_grads(x, y, w, b):
-    """d CE / d(W, b) for each example: x_i (p_i - e_y)^T and p_i - e_y (independent of TF)."""
-    z = x @ w + b
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0
-    return np.concatenate([(x[:, :, None] * p[:, None, :]).reshape(len(y), -1), p], axis=1)
+    x, y, w, b = problem_arrays()
+    per_example = per_example_grads(x, y, w, b)          # [N, 7850]
+    return (x, y, w, b, per_example, *exact_statistics(per_example))
 
 
 def test_two_batch_estimator_is_the_papers_solution():
@@ -107,20 +85,6 @@ def _step_estimates(strategy, problem, *, batch, steps, cap=None, seed=2):
     return float(stats.sqr().numpy()), float(stats.trace().numpy())
 
 
-def _standard_errors(problem, batch, parts, steps, seed=3):
-    *_, per_example, _, _ = problem
-    rng = np.random.default_rng(seed)
-    est = []
-    for _ in range(400):
-        chunks = per_example[rng.integers(0, N, size=batch)]
-        chunks = chunks.reshape(parts, -1, per_example.shape[1])
-        chunks = chunks.mean(axis=1)
-        whole = chunks.mean(axis=0)
-        est.append(estimates_from_parts(float((chunks ** 2).sum(axis=1).mean()),
-                                        float(whole @ whole), batch, parts))
-    return np.array(est).std(axis=0, ddof=1) / np.sqrt(steps)
-
-
 @pytest.mark.parametrize("replicas,cap,parts", [(1, None, 2), (2, None, 2), (2, 16, 4)])
 def test_train_step_estimates_match_brute_force(problem, one_cpu_strategy, two_cpu_strategy,
                                                 replicas, cap, parts):
@@ -128,7 +92,7 @@ def test_train_step_estimates_match_brute_force(problem, one_cpu_strategy, two_c
     *_, exact_g2, exact_trace = problem
     steps = 250
     g2, trace = _step_estimates(strategy, problem, batch=64, steps=steps, cap=cap)
-    se_g2, se_trace = _standard_errors(problem, 64, parts, steps)
+    se_g2, se_trace = standard_errors(problem[4], 64, parts, estimates=steps)
     assert abs(g2 - exact_g2) < 4 * se_g2, (g2, exact_g2, se_g2)
     assert abs(trace - exact_trace) < 4 * se_trace, (trace, exact_trace, se_trace)
 
