@@ -17,14 +17,14 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
-from keras_largebatch import validate
+from keras_largebatch import configs, validate
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.gin_policy import ALLOW_FLAG, restricted
 from keras_largebatch.studies.manifest import SWEEP_FILE, is_folder_name
 from keras_largebatch.studies.metrics import METRICS
 from keras_largebatch.studies.seeds import SEED_KEY, check_seeds, run_name
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_DIR = configs.root()  # the folder holding gin/: the checkout, or the installed package
 LOCK_FILE = ".sweep.lock"
 LOGS_DIR = "logs"
 # Files and folders of <sweep_dir> itself, which no run folder may be named.
@@ -214,7 +214,7 @@ def load_study(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
     for path in (os.getcwd(), REPO_DIR):
         gin.add_config_file_search_path(path)
     try:
-        with restricted(allow_imports=allow_imports):
+        with restricted(allow_imports=allow_imports), configs.quiet_lookups():
             gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
     except UserInputError:
         raise
