@@ -5,6 +5,8 @@ optimizer slots, progress, running metrics, dropout RNG) and results.json minus 
 
 One chain of restarts per replica count: each link is killed at its own point and the next one
 resumes it, so each run checks several resumes; the uninterrupted references run alongside.
+Links killed by SIGKILL are real processes; the references, the SIGTERM / SIGINT links (the
+graceful path main installs) and the final resumes run in-process (tests/inprocess.py).
 """
 
 import json
@@ -16,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from ..cli import TINY, run_cli
+from ..inprocess import IN_PROCESS_FAULTS, run_main
 
 B = "--gin_bindings="
 # 12000 examples, AdaBatch 256 -> 512 -> 1024: 46 + 23 + 11 = 80 updates over 3 epochs.
@@ -26,7 +29,7 @@ CONFIG = [*TINY, B + "fashion_mnist.max_train_examples = 12000", B + "train.epoc
           B + "cnn_fashion.dropout = 0.25",        # the dropout RNG must resume too
           B + "train.checkpoint_every_steps = 10", B + "train.deterministic = True"]
 TWO_REPLICAS = [B + "make_strategy.num_cpu_replicas = 2"]
-WALL_CLOCK = {"epoch_time_s", "samples_per_second", "wall_time_s"}
+WALL_CLOCK = {"epoch_time_s", "samples_per_second", "wall_time_s", "step_time_s"}
 
 # (faults (tests/faults.py), exit status, text on stdout/stderr, latest checkpoint after it)
 CHAIN_ONE_REPLICA = [
@@ -53,30 +56,42 @@ def _latest(run_dir: Path) -> str | None:
     return Path(path).name if path else None
 
 
-def _run_chain(run_dir: Path, extra: list[str], chain: list) -> list:
-    log = []
-    for faults, code, text, latest in chain:
-        proc = run_cli(*CONFIG, *extra, f"--run_dir={run_dir}", faults=faults)
+def _run_links(run_dir: Path, extra: list[str], links: list, log: list) -> bool:
+    """Run `links` in order into `log`; False once one ends with another status than planned."""
+    for faults, code, text, latest in links:
+        in_process = all(f.startswith(IN_PROCESS_FAULTS) for f in faults)
+        proc = (run_main if in_process else run_cli)(*CONFIG, *extra, f"--run_dir={run_dir}",
+                                                      faults=faults)
         results = run_dir / "results.json"
         status = json.loads(results.read_text())["status"] if results.exists() else None
         log.append((proc, code, text, latest, _latest(run_dir), status))
         if proc.returncode != code:
-            break
-    return log
+            return False
+    return True
+
+
+def _killed_links(chain: list) -> int:
+    """How many links at the chain's start need a real process (a SIGKILL fault)."""
+    return next((i for i, (faults, *_) in enumerate(chain)
+                 if all(f.startswith(IN_PROCESS_FAULTS) for f in faults)), len(chain))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """The killed links in threads (real processes); meanwhile the references in this process,
+    then each chain's remaining links in this process (signal handlers: main thread)."""
     tmp = tmp_path_factory.mktemp("resume")
-    jobs = {
-        "chain1": lambda: _run_chain(tmp / "chain1", [], CHAIN_ONE_REPLICA),
-        "chain2": lambda: _run_chain(tmp / "chain2", TWO_REPLICAS, CHAIN_TWO_REPLICAS),
-        "refs": lambda: [run_cli(*CONFIG, *extra, f"--run_dir={tmp / name}")
-                         for name, extra in (("ref1", []), ("ref2", TWO_REPLICAS))],
-    }
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(job) for name, job in jobs.items()}
-        out = {name: f.result() for name, f in futures.items()}
+    chains = {"chain1": ([], CHAIN_ONE_REPLICA), "chain2": (TWO_REPLICAS, CHAIN_TWO_REPLICAS)}
+    out = {name: [] for name in chains}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        killed = {name: pool.submit(_run_links, tmp / name, extra,
+                                    chain[:_killed_links(chain)], out[name])
+                  for name, (extra, chain) in chains.items()}
+        out["refs"] = [run_main(*CONFIG, *extra, f"--run_dir={tmp / name}")
+                       for name, extra in (("ref1", []), ("ref2", TWO_REPLICAS))]
+        for name, (extra, chain) in chains.items():
+            if killed[name].result():
+                _run_links(tmp / name, extra, chain[_killed_links(chain):], out[name])
     return tmp, out
 
 
