@@ -36,10 +36,3 @@ def write_json_atomic(path: str, data) -> None:
     """`data` as indented JSON with sorted keys (NaN / Infinity allowed), written atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
-
-def read_json(path: str, default=None):
-    """The JSON in `path`, or `default` if the file does not exist."""
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)

@@ -170,33 +170,3 @@ def train_dataset_fn(
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     return dataset_fn
-
-
-def eval_dataset(source: DataSource, *, batch_size: int = 1000) -> tf.data.Dataset:
-    """The whole test set in order, normalised, in batches of `batch_size` (last may be short)."""
-    normalize = _normalizer(source)
-    if source.in_memory:
-        ds = tf.data.Dataset.from_tensor_slices(source.test_arrays)
-    else:
-        ds = source.test_examples()
-    ds = ds.batch(batch_size).map(
-        lambda x, y: (normalize(tf.cast(x, tf.float32) / 255.0), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def train_eval_dataset(source: DataSource, *, batch_size: int = 1000,
-                       max_examples: int | None = None) -> tf.data.Dataset:
-    """Training examples in order, normalised, no augmentation (loss on the whole train set)."""
-    normalize = _normalizer(source)
-    if source.in_memory:
-        ds = tf.data.Dataset.from_tensor_slices(source.train_arrays)
-    else:
-        ds = source.train_examples()
-    if max_examples:
-        ds = ds.take(max_examples)
-    return ds.batch(batch_size).map(
-        lambda x, y: (normalize(tf.cast(x, tf.float32) / 255.0), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).prefetch(tf.data.AUTOTUNE)

@@ -1,7 +1,7 @@
 """Per-example gradient statistics of one chunk on the JAX backend (seed 002, Eqs. 1 and 4).
 
 The JAX twin of ba_covariance.py's `chunk_statistics`: a pure function of the model's state
-arrays, for the jitted stateless train step (training/steps/ba_model_jax.py):
+arrays, for the jitted stateless train step (optimizers/ba_model_jax.py):
 
     stats, non_trainable = chunk_statistics(mode, model, loss_fn, trainable, non_trainable, x, y)
 

@@ -3,7 +3,7 @@
 The TensorFlow protocol (ba_momentum.py: `accumulate`, `should_update`, `apply_accumulated`)
 all-reduces through `tf.distribute` and updates inside `merge_call`; under JAX the same
 algorithm is written as traceable code for a jitted, stateless Keras train step
-(training/steps/ba_model_jax.py). It runs inside one `keras.StatelessScope` that maps the
+(optimizers/ba_model_jax.py). It runs inside one `keras.StatelessScope` that maps the
 optimizer's and the model's trainable variables to the step's state arrays: `var.value` reads
 the traced value, `var.assign` records the new one, and the caller collects them.
 

@@ -1,12 +1,11 @@
 """Which Keras backends each piece supports, as one clear error instead of a deep failure.
 
     require_backends("BAMomentum", BA_BACKENDS)   # in __init__ of BAMomentum / BAModel
-    require_tensorflow_backend("X")               # for TensorFlow-only pieces
 
 LARS, the schedules and GhostBatchNormalization are written in `keras.ops` and run on
 TensorFlow, JAX and PyTorch. BA-Momentum (`BAMomentum`, `BAModel`) runs on TensorFlow (its
 chunk protocol all-reduces through `tf.distribute`, masked updates inside `merge_call`) and
-on JAX (a jitted stateless train step, training/steps/ba_model_jax.py); not on PyTorch.
+on JAX (a jitted stateless train step, optimizers/ba_model_jax.py); not on PyTorch.
 """
 
 from __future__ import annotations
@@ -26,7 +25,3 @@ def require_backends(what: str, supported: tuple[str, ...]) -> None:
             "schedules and GhostBatchNormalization run on tensorflow, jax and torch."
         )
 
-
-def require_tensorflow_backend(what: str) -> None:
-    """Raise a clear error when Keras runs another backend than TensorFlow."""
-    require_backends(what, ("tensorflow",))

@@ -72,10 +72,6 @@ class Phase:
     batch_size: int
     lr_multiplier: float
 
-    @property
-    def num_epochs(self) -> int:
-        return self.end_epoch - self.start_epoch
-
 
 class BatchSchedule:
     """Base class: subclasses implement the four `_` hooks and `get_config`."""
@@ -118,9 +114,6 @@ class BatchSchedule:
             else:
                 phases.append(Phase(epoch, epoch + 1, batch, mult))
         return phases
-
-    def max_batch_size_within(self, total_epochs: int) -> int:
-        return max(p.batch_size for p in self.phases(total_epochs))
 
     def get_config(self) -> dict:
         raise NotImplementedError

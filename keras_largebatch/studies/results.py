@@ -6,7 +6,7 @@
     rs.write_results(run_dir, {rs.STATUS: rs.COMPLETED, rs.EPOCHS: [...], ...})
 
 No command of its own: `python -m keras_largebatch.main` writes the file (training/loop.py, with
-the divergence and weight-digest fields of training/checkpointing.py `results_fields`), and
+the fields of the action that stopped the run, e.g. training/actions/divergence.py), and
 `python -m keras_largebatch.studies.sweep` / `python -m keras_largebatch.studies.plot` read it
 through `read_results`. The key constants below are the names the loop writes; readers use
 them instead of spelling the strings again.

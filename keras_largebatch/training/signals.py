@@ -56,10 +56,6 @@ class SignalCatcher:
         self.received: int | None = None
         self._handler = None
 
-    def request(self, signum: int) -> None:
-        """Record a stop request (what the handler does; tests may call it directly)."""
-        self.received = signum
-
     def reclaim(self) -> None:
         """Install the handler again (C++ code may have replaced it); no-op when not installed."""
         if self._handler is not None:

@@ -13,7 +13,8 @@ one worker can spend outside collectives while the others wait (its slowest step
 evaluation or a checkpoint write that the others finish sooner); None waits for ever.
 
 Logical CPU devices can only be created before TensorFlow initialises its runtime, so call this
-before anything else touches a device (main does).
+before anything else creates a device (the loop does, before building anything; listing the
+physical devices, as tf_log.py does at import, creates none).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Small callables the loop runs after every update and after every epoch's evaluation.
 
-    for action in actions:                       # training/loop.py
+    for action in actions:                       # training/epoch.py (loop.py builds them)
         outcome = action(StepOutput(updates=u, epoch=e, step=i, steps=n))
         if outcome is not None: ...              # Stop(...) ends the run, Rewind(...) moves it
 
