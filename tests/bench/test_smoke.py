@@ -3,9 +3,10 @@ break one silently; and bench/timing.py, the harness they share, does what it sa
 
 The benches run in this process (`main(argv)` of the imported script), with the argument lists
 bench/all.py gives them for `--quick` followed by `--smoke`, so all.py's lists are checked too.
-Processes only where the bench itself measures them: startup.py and allocator.py time real CLI
-processes, and all.py runs each bench in its own process (one, the cheapest, here). cluster.py
-is tested in tests/bench/test_cluster.py (it needs root).
+Processes only where the bench itself needs them: startup.py and allocator.py time real CLI
+processes, noise_scale_overhead.py sets up logical CPU devices at import (only a fresh process
+can), and all.py runs each bench in its own process (here: noise_scale, which needs one anyway).
+cluster.py is tested in tests/bench/test_cluster.py (it needs root).
 """
 
 import importlib.util
@@ -139,6 +140,8 @@ RESULT = {
     "backends": r"SGD momentum vs BA-Momentum diagonal .*time ratio: median \d",
     "allocator": r"wall time glibc / tcmalloc: \d+\.\d\dx",
     "startup": r"ratio with / without jax: wall \d+\.\d{3}",
+    "noise_scale": r"2 replica\(s\): without \d+\.\d\d ms, with \d+\.\d\d ms per update; "
+                   r"with / without \d+\.\d{3}",
 }
 
 
@@ -183,15 +186,15 @@ def test_allocator_bench_runs_at_its_smallest_size(capsys):
 @pytest.mark.slow
 def test_all_runs_each_bench_in_its_own_process(tmp_path, capsys):
     log = tmp_path / "bench.log"
-    assert bench_all.main(["--smoke", "--only", "checkpoint", "--log", str(log)]) == 0
+    assert bench_all.main(["--smoke", "--only", "noise_scale", "--log", str(log)]) == 0
     out = capsys.readouterr().out
-    head = re.search(r"^== checkpoint: .*checkpoint_overhead\.py --smoke \(exit 0, \d+ s, "
+    head = re.search(r"^== noise_scale: .*noise_scale_overhead\.py --smoke \(exit 0, \d+ s, "
                      r"load average \d+\.\d\d -> \d+\.\d\d\)$", out, re.M)
     assert head, out
     summary = out.split("==== summary ====")[1]
     assert summary.splitlines()[1].startswith("machine: ")
-    assert re.search(RESULT["checkpoint"], summary), summary
-    assert log.read_text().startswith("== checkpoint: ")
+    assert re.search(RESULT["noise_scale"], summary), summary  # its result, in the summary
+    assert log.read_text().startswith("== noise_scale: ")
 
 
 @pytest.mark.parametrize("argv, message", [
