@@ -1,0 +1,49 @@
+"""Elastic resume across worker counts through the real CLI: 2 worker processes (TF_CONFIG on
+127.0.0.1) stopped by SIGTERM, resumed as 1 worker (no TF_CONFIG; in this process through the
+CLI's entry point), stopped again, finished by 2 workers. The global batch, the epochs and the
+samples are those of an uninterrupted 2-replica run; the weights agree to float round-off."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from ..inprocess import run_main
+from ..training.test_multi_worker_cli import TINY, B, free_ports, run_workers
+
+CONFIG = (*TINY, B + "fashion_mnist.max_train_examples = 4096",
+          B + "fashion_mnist.max_test_examples = 2000", B + "train.epochs = 2",
+          B + "train.batch_size = 128", B + "train.checkpoint_every_steps = 0",
+          B + "train.deterministic = True")  # 32 updates per epoch
+
+
+@pytest.mark.slow
+def test_two_workers_then_one_then_two(tmp_path):
+    for name in ("first", "third"):
+        (tmp_path / name).mkdir()
+    run_dir = tmp_path / "run"
+    first = run_workers(run_dir, free_ports(2), tmp_path / "first", config=CONFIG,
+                        last_worker_faults=("signal_at_step=20:SIGTERM",))
+    for code, output in first:
+        assert code == 143, output[-3000:]
+    second = run_main(*CONFIG, f"--run_dir={run_dir}", faults=["signal_at_step=40:SIGTERM"])
+    assert second.returncode == 143, second.stderr[-3000:]
+    assert "at epoch 1, step 21" in second.stdout, second.stdout[-2000:]
+    third = run_workers(run_dir, free_ports(2), tmp_path / "third", config=CONFIG)
+    for code, output in third:
+        assert code == 0, output[-3000:]
+        assert "at epoch 2, step 8" in output, output[-2000:]
+
+    reference = run_main(*CONFIG, B + "make_strategy.num_cpu_replicas = 2",
+                         f"--run_dir={tmp_path / 'ref'}")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    ref = json.loads((tmp_path / "ref" / "results.json").read_text())
+    got = json.loads((run_dir / "results.json").read_text())
+    assert got["batch_size_per_epoch"] == ref["batch_size_per_epoch"] == [128, 128]
+    assert got["replicas"] == 2
+    assert abs(got["final_test_accuracy"] - ref["final_test_accuracy"]) < 0.01
+    ref_model = keras.saving.load_model(tmp_path / "ref" / "model.keras")
+    got_model = keras.saving.load_model(run_dir / "model.keras")
+    for a, b in zip(ref_model.get_weights(), got_model.get_weights()):
+        assert np.linalg.norm(a - b) <= 2e-3 * max(np.linalg.norm(a), 1e-12)
