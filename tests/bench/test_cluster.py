@@ -72,6 +72,14 @@ def _ours(pid: int) -> set[str]:
     return {n for n in netns.list_namespaces() if n.startswith(f"klb-{pid}-")}
 
 
+def _is_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"keras_largebatch.main" in f.read()
+    except OSError:
+        return False
+
+
 def _dead(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -197,11 +205,14 @@ def test_cluster_links_workers_and_cleans_up(tmp_path, workers):
     before = _state()
     server = ("import socket; s = socket.socket(); s.bind(('0.0.0.0', 5000)); s.listen(1); "
               "c, _ = s.accept(); print(len(c.recv(100)))")
-    client = ("import socket, time\n"
-              "for _ in range(100):\n"
+    client = ("import socket, time\n"  # polls until the server listens (120 s at most)
+              "deadline = time.monotonic() + 120\n"
+              "while True:\n"
               "    try:\n"
               "        s = socket.create_connection(('10.253.0.1', 5000)); break\n"
-              "    except OSError: time.sleep(0.1)\n"
+              "    except OSError:\n"
+              "        if time.monotonic() > deadline: raise\n"
+              "        time.sleep(0.1)\n"
               "s.sendall(b'hello')")
     logs = [tmp_path / f"w{i}.log" for i in range(workers)]
     with netns.EmulatedCluster(workers, rate="100mbit", tag=f"klb-{os.getpid()}") as cluster:
@@ -252,7 +263,12 @@ def test_sigint_to_the_bench_kills_workers_and_removes_namespaces():
                 pids = [int(p) for p in m.group(1).split()]
         assert pids, "the bench never started its workers"
         assert _ours(proc.pid)
-        time.sleep(2)
+        # The workers are the training processes (ip netns exec, setpriv and taskset have
+        # exec'd into them): polled, not a fixed wait.
+        deadline = time.monotonic() + 120
+        while not all(_is_worker(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_is_worker(pid) for pid in pids)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
