@@ -1,6 +1,7 @@
 """Issue 1 and 27: a BAModel saved to `.keras` mid-training continues exactly after loading, in
 a fresh process that imports only `keras_largebatch` (the public home,
-`keras_largebatch.optimizers.BAModel`, is registered by that import on TensorFlow and JAX).
+`keras_largebatch.optimizers.BAModel`, is registered by that import on TensorFlow and JAX);
+the README's BAModel snippet runs as written.
 
 Keras' answer for models with state in their compile arguments is `get_compile_config` /
 `compile_from_config`; the reference is the same model trained without interruption, here on
@@ -11,9 +12,11 @@ and writes back what it saw. JAX runs the same optimizer in float32 without `jax
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -130,3 +133,25 @@ def test_save_mid_training_and_continue_equals_uninterrupted(saved_mid_training,
     assert len(weights) == len([k for k in loaded.files if k.startswith("w_")])
     for i, expected in enumerate(weights):
         np.testing.assert_allclose(loaded[f"w_{i}"], expected, rtol=0, atol=atol)
+
+
+def readme_snippet() -> str:
+    text = (Path(ROOT) / "README.md").read_text()
+    section = text[text.index("### BA-Momentum under `model.fit`"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_snippet_trains_saves_and_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the snippet saves ba.keras in the current folder
+    namespace = {}
+    code = readme_snippet().replace("epochs=2)", "epochs=2, verbose=0)")
+    exec(compile(code, "README.md", "exec"), namespace)
+    logs = namespace["history"].history
+    assert len(logs["loss"]) == 2 and np.isfinite(logs["loss"]).all()
+    chunks = 1024 // 32  # per epoch: fit(batch_size=min_increment) feeds one chunk per step
+    for updates, size in zip(logs["updates"], logs["batch_size_per_update"]):
+        assert 1 <= updates <= chunks  # an update needs at least one chunk (Algorithm 1)
+        assert 32 <= size <= 1024  # each applied batch is whole chunks of m0 = 32
+    loaded = keras.saving.load_model(tmp_path / "ba.keras")
+    assert isinstance(loaded, BAModel) and isinstance(loaded.optimizer, BAMomentum)
+    assert int(loaded.optimizer.iterations.numpy()) == sum(int(u) for u in logs["updates"])
