@@ -1,7 +1,8 @@
 # The two commands a newcomer runs (README.md):
 #   make run    install everything, then train the default experiment on real Fashion-MNIST
 #   make test   install everything, then run lint + the test suite on 2 workers (.ci/run calls this)
-#   make bench  every cost benchmark in one sitting (bench/all.py; ARGS="--quick" for a look)
+#   make bench  every cost benchmark in one sitting (bench/all.py; ARGS="--quick" for a look,
+#               ARGS="--smoke" to check that each still runs, at its smallest size)
 # Extra flags for the run: make run ARGS="--gin_bindings='train.epochs = 2'"
 
 VENV ?= .venv
