@@ -45,7 +45,7 @@ Protocol (all graph-friendly; call inside `tf.function` and, with a strategy, `s
 
 Pass the condition instead of wrapping the call in `tf.cond`: under MirroredStrategy the
 variable updates go through `merge_call`, which TensorFlow forbids inside `tf.cond`.
-`keras_largebatch.training.steps.ba_chunk_step` wraps exactly this (`BAModel` for model.fit).
+`keras_largebatch.optimizers.ba_chunk_step` wraps exactly this (`BAModel` for model.fit).
 
 All state lives in optimizer variables: a `tf.train.Checkpoint` of the optimizer resumes the
 same trajectory, including a half-grown batch (checkpoint the model's dropout seed states,
@@ -85,7 +85,7 @@ _UNSUPPORTED_BASE_ARGS = ("gradient_accumulation_steps", "use_ema", "loss_scale_
 class BAMomentum(keras.optimizers.Optimizer):
     """Batch-adaptive momentum (seed 002): grows each batch until it reaches the size m*.
 
-    Train with `keras_largebatch.training.steps`: `BAModel(model)` for model.fit (with
+    Train with `keras_largebatch.optimizers`: `BAModel(model)` for model.fit (with
     `fit(batch_size=min_increment)`, one chunk per step) or `ba_chunk_step` in a custom loop.
 
     Args:
@@ -375,7 +375,7 @@ class BAMomentum(keras.optimizers.Optimizer):
     def apply(self, grads, trainable_variables=None):
         raise RuntimeError(
             "BAMomentum needs per-example statistics and chooses its own batch size, so it "
-            "cannot apply plain gradients: train with keras_largebatch.training.steps.BAModel "
+            "cannot apply plain gradients: train with keras_largebatch.optimizers.BAModel "
             "(model.fit) or ba_chunk_step (custom loops)."
         )
 
