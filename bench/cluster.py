@@ -171,7 +171,7 @@ class Bench:
             name = "nobody" if wanted == "auto" else wanted
             identity = netns.worker_identity(name)
             probe = self.workdir / "access_probe"
-            probe.mkdir()
+            probe.mkdir(exist_ok=True)  # (left by a bench killed mid-probe: reused)
             os.chown(probe, *identity)
             try:
                 problem = netns.access_problem(
