@@ -73,6 +73,23 @@ def sweep_seconds(kind: str, runs: int, root: str) -> float:
     return seconds
 
 
+def report(runs: int, local: float, ray: float, start: float) -> str:
+    return (f"{runs} runs, local {local:.1f} s, ray {ray:.1f} s, ray/local {ray / local:.2f}, "
+            f"(ray - local)/run {(ray - local) / runs:+.2f} s, ray start+shutdown {start:.1f} s, "
+            f"(ray - local - start)/run {(ray - local - start) / runs:+.2f} s")
+
+
+def ray_start_seconds() -> float:
+    import logging
+
+    import ray
+
+    start = time.perf_counter()
+    ray.init(log_to_driver=False, logging_level=logging.WARNING)
+    ray.shutdown()
+    return time.perf_counter() - start
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=4)
@@ -90,20 +107,17 @@ def main(argv: list[str]) -> None:
     print(machine_line())
     print(load_line())
     try:
-        times: dict[str, list[float]] = {"local": [], "ray": []}
+        times: dict[str, list[float]] = {"local": [], "ray": [], "start": []}
         for r in range(args.rounds):
             order = ["local", "ray"] if r % 2 == 0 else ["ray", "local"]
             for kind in order:
                 times[kind].append(sweep_seconds(kind, args.runs, root))
-            local, ray = times["local"][-1], times["ray"][-1]
-            print(f"round {r + 1} ({' then '.join(order)}): {args.runs} runs, local {local:.1f} s,"
-                  f" ray {ray:.1f} s, ray/local {ray / local:.2f}, "
-                  f"(ray - local)/run {(ray - local) / args.runs:+.2f} s")
+            times["start"].append(ray_start_seconds())
+            print(f"round {r + 1} ({' then '.join(order)}): "
+                  + report(args.runs, *(times[k][-1] for k in ("local", "ray", "start"))))
         if not args.smoke:
-            local, ray = statistics.median(times["local"]), statistics.median(times["ray"])
-            print(f"median over {args.rounds} rounds: local {local:.1f} s, ray {ray:.1f} s, "
-                  f"ray/local {ray / local:.2f}, (ray - local)/run "
-                  f"{(ray - local) / args.runs:+.2f} s")
+            print(f"median over {args.rounds} rounds: " + report(
+                args.runs, *(statistics.median(times[k]) for k in ("local", "ray", "start"))))
     finally:
         print(load_line())
         shutil.rmtree(root, ignore_errors=True)
