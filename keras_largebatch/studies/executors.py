@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,6 +201,7 @@ class RayExecutor:
     def __init__(self, options: RayOptions):
         self._ray = ray = import_ray()
         self._options = options
+        _check_reachable(options.address)
         try:
             ray.init(address=options.address, log_to_driver=False,
                      logging_level=logging.WARNING)
@@ -240,6 +242,22 @@ class RayExecutor:
 
     def close(self) -> None:
         self._ray.shutdown()
+
+
+def _check_reachable(address: str | None) -> None:
+    """A host:port address must answer a TCP connect (ray.init retries a dead one for minutes)."""
+    if address is None or address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserInputError(f"--ray_address={address} is not 'auto' or host:port (e.g. "
+                             "10.0.0.1:6379, the head's `ray start --head --port=6379`)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise UserInputError(f"--ray_address={address}: nothing answers there ({e}); start the "
+                             "cluster's head with `ray start --head --port=PORT` or pass its "
+                             "address") from None
 
 
 def _last_line(e: BaseException) -> str:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -260,6 +261,9 @@ def test_without_ray_the_ray_executor_names_the_install(tmp_path, monkeypatch):
     ({"ray": RayOptions(num_cpus=0)}, "--num_cpus=0 must be a finite number > 0"),
     ({"ray": RayOptions(num_gpus=-1)}, r"--num_gpus=-1 must be a number in \[0, 1e\+06\]"),
     ({"ray": RayOptions(max_retries=-1)}, "--max_retries=-1 must be >= 0"),
+    ({"ray": RayOptions(address="headnode")}, "--ray_address=headnode is not 'auto' or "
+                                              "host:port"),
+    ({"ray": RayOptions(address="127.0.0.1:99999")}, "--ray_address=127.0.0.1:99999 is not"),
 ])
 def test_bad_ray_options_name_the_value(tmp_path, kwargs, message):
     pytest.importorskip("ray", reason="make test installs Ray (pip install -e '.[ray]')")
@@ -267,6 +271,20 @@ def test_bad_ray_options_name_the_value(tmp_path, kwargs, message):
     with pytest.raises(UserInputError, match=message):
         sw.run_sweep(grid.sweep(grid={"train.learning_rate": [0.1]}),
                      sweep_dir=str(tmp_path / "out"), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dead_ray_address_is_refused_at_once(tmp_path):
+    """ray.init retries an address where nothing listens for minutes; the sweep checks first."""
+    pytest.importorskip("ray", reason="make test installs Ray (pip install -e '.[ray]')")
+    with socket.socket() as s:  # a port that was free a moment ago, closed again
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(UserInputError, match=f"--ray_address=127.0.0.1:{port}: nothing answers"):
+        sw.run_sweep(grid.sweep(grid={"train.learning_rate": [0.1]}),
+                     sweep_dir=str(tmp_path / "out"), ray=RayOptions(address=f"127.0.0.1:{port}"))
+    assert time.monotonic() - start < 15  # the connect's own timeout is 10 s
     assert not (tmp_path / "out").exists()
 
 
