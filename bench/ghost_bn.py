@@ -3,38 +3,37 @@
     .venv/bin/python bench/ghost_bn.py [--batch 128] [--virtual-batch 32] [--steps 20]
                                        [--rounds 3] [--static-batch] [--jit]
                                        [--baseline REV]
+    .venv/bin/python bench/ghost_bn.py --smoke    # ResNet-8, batch 16, 1 step: runs, no number
 
 Two ResNet-20s (`build_model("resnet20", bn_batch_size=None | virtual_batch)`, 28x28x1 inputs,
 10 classes) train with SGD (momentum 0.9) on the same real Fashion-MNIST images, read from the
-IDX files in /usr/share/datasets/fashion-mnist with numpy/gzip and normalised. The train step
-is a `tf.function` with a `None` batch dimension, as in the framework loop (so the ghost layer
+IDX files in /usr/share/datasets/fashion-mnist with numpy/gzip and normalised. The train step is
+a `tf.function` with a `None` batch dimension, as in the framework loop (so the ghost layer
 takes its in-graph `tf.cond` path); `--static-batch` traces with a fixed batch instead, as
 `model.fit` on a `drop_remainder=True` dataset would. Rounds alternate between the two models
-so both see the same machine load; the first (tracing) call of each is not timed. Prints the
-median images/s of each and the ratio ghost / BN (goal >= 0.95), with the CPU's AVX-512 flags
-and the load average before and after. `--jit` compiles each step with XLA
-(`tf.function(jit_compile=True)`). `--baseline REV` adds a third model whose ghost layers
+(bench/timing.py's `alternate`) so both see the same machine load; the first (tracing) call of
+each is not timed. Prints the median images/s of each and the ratio ghost / BN (goal >= 0.95),
+with the CPU's AVX flags and the load average before and after. `--jit` compiles each step with
+XLA (`tf.function(jit_compile=True)`). `--baseline REV` adds a third model whose ghost layers
 are the GhostBatchNormalization of git revision REV (its module read with `git show`, loaded
 under another name), timed in the same rounds: before / after side by side. Not a test.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import importlib.util
 import os
 import platform
-import statistics
 import subprocess
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import alternate, bench_parser, median, seconds, session, smoke  # noqa: E402
 
 from keras_largebatch.layers import GhostBatchNormalization  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
@@ -89,13 +88,6 @@ def with_layer_class(model, cls):
     return copy
 
 
-def machine_line() -> str:
-    with open("/proc/cpuinfo") as f:
-        flags = sorted({w for line in f if line.startswith("flags") for w in line.split()
-                        if w.startswith("avx512")})
-    return f"CPU flags: {' '.join(flags) or 'no avx512'}; load average {os.getloadavg()}"
-
-
 def make_step(model, optimizer, batch: int | None, jit: bool = False):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -116,9 +108,10 @@ def make_step(model, optimizer, batch: int | None, jit: bool = False):
     return step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = bench_parser(__doc__)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--model", default="resnet20", help="a model with BN (--smoke: resnet8)")
     parser.add_argument("--virtual-batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -126,9 +119,13 @@ def main() -> None:
     parser.add_argument("--jit", action="store_true", help="XLA-compile each train step")
     parser.add_argument("--baseline", default=None,
                         help="git revision whose ghost BN layer is timed alongside")
-    args = parser.parse_args()
-    print(machine_line())
+    args = smoke(parser.parse_args(argv), batch=16, virtual_batch=8, steps=1, rounds=1,
+                 model="resnet8")
+    with session(f"ghost BN vs Keras BN, {args.model}, batch {args.batch}"):
+        measure(args)
 
+
+def measure(args) -> None:
     x, y = load_train(args.batch * args.steps)
     batches = [
         (tf.constant(x[i : i + args.batch]), tf.constant(y[i : i + args.batch]))
@@ -142,7 +139,7 @@ def main() -> None:
     for name, bn_batch, layer_class in variants:
         keras.utils.set_random_seed(0)
         model = build_model(
-            "resnet20", input_shape=(28, 28, 1), num_classes=10, bn_batch_size=bn_batch
+            args.model, input_shape=(28, 28, 1), num_classes=10, bn_batch_size=bn_batch
         )
         if layer_class is not None:
             model = with_layer_class(model, layer_class)
@@ -153,14 +150,13 @@ def main() -> None:
         float(step(*batches[0]))  # trace + warm up, not timed
         sides[name] = step
 
-    rates: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, step in sides.items():
-            start = time.perf_counter()
-            for xb, yb in batches:
-                loss = step(xb, yb)
-            float(loss)
-            rates[name].append(len(batches) * args.batch / (time.perf_counter() - start))
+    def steps_then_sync(step):
+        for xb, yb in batches:
+            loss = step(xb, yb)
+        float(loss)
+
+    rates = alternate({name: lambda _r, step=step: len(batches) * args.batch / seconds(
+        lambda: steps_then_sync(step)) for name, step in sides.items()}, args.rounds)
 
     print(
         f"machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
@@ -168,7 +164,7 @@ def main() -> None:
         f"Keras {keras.__version__}"
     )
     print(
-        f"ResNet-20, Fashion-MNIST 28x28, batch {args.batch}, virtual batch "
+        f"{args.model}, Fashion-MNIST 28x28, batch {args.batch}, virtual batch "
         f"{args.virtual_batch} ({args.batch // args.virtual_batch} groups), "
         f"{'static' if args.static_batch else 'dynamic (None)'} batch dim, "
         f"{'XLA' if args.jit else 'no XLA'}, "
@@ -176,13 +172,12 @@ def main() -> None:
     )
     for name, values in rates.items():
         rounded = [round(v, 1) for v in values]
-        print(f"{name:9s} images/s: median {statistics.median(values):7.1f}  rounds {rounded}")
-    keras_rate = statistics.median(rates["keras_bn"])
+        print(f"{name:9s} images/s: median {median(values):7.1f}  rounds {rounded}")
+    keras_rate = median(rates["keras_bn"])
     for name in rates:
         if name != "keras_bn":
-            ratio = statistics.median(rates[name]) / keras_rate
+            ratio = median(rates[name]) / keras_rate
             print(f"ratio {name}/keras_bn: {ratio:.3f} (goal >= 0.95)")
-    print(machine_line())
 
 
 if __name__ == "__main__":

@@ -124,12 +124,12 @@ def test_all_reaches_every_bench_or_says_why_not():
 
 # ---- each bench at its smallest size, in this process ---------------------------------------
 
-IN_PROCESS = ["lars", "batch_aug", "phase_switch", "checkpoint", "vs_keras",
+IN_PROCESS = ["lars", "ghost_bn", "batch_aug", "phase_switch", "checkpoint", "vs_keras",
               "loop", "fit_slowdown", "backends"]
 # A line each bench must print (its result), so a bench that silently skips its work fails.
 RESULT = {
     "lars": r"LARS/SGD step time \d+\.\d{3}",
-    "ghost_bn": r"ratio ghost/keras: \d+\.\d{3}",
+    "ghost_bn": r"ratio ghost_bn/keras_bn: \d+\.\d{3}",
     "ba": r"projection: +\d+ samples/s",
     "batch_aug": r"time waiting in next\(iterator\): \d+\.\d\d%",
     "phase_switch": r"retraces: \d+; switch cost",
