@@ -4,6 +4,7 @@ Run (from the repository root):
 
     .venv/bin/python bench/ba_overhead.py
     .venv/bin/python bench/ba_overhead.py --samples 20000 --rounds 4 --modes projection,diagonal
+    .venv/bin/python bench/ba_overhead.py --smoke    # 256 samples, 1 round: runs, no number
 
 The seed-002 Fashion-MNIST CNN (App. A, dropout 0.25) on real Fashion-MNIST training images,
 chunk / batch m0 = 32, one process, no distribution strategy. Each method trains its own copy of
@@ -28,10 +29,8 @@ projection <= 1.4x.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,12 +38,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import alternate, bench_parser, median, session, smoke  # noqa: E402
 
 from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
 from keras_largebatch.optimizers.ba_covariance import DiagonalCovariance  # noqa: E402
+from keras_largebatch.optimizers.ba_model import ba_chunk_step  # noqa: E402
 from keras_largebatch.optimizers.ba_momentum import BAMomentum  # noqa: E402
-from keras_largebatch.training.steps.ba_model import ba_chunk_step  # noqa: E402
 
 
 def real_chunks(m0: int, samples: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
@@ -96,15 +96,19 @@ def run(step, chunks, start, count, sizes):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None):
+    parser = bench_parser(__doc__)
     parser.add_argument("--samples", type=int, default=20_000, help="per method")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--m0", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=0.01)
     parser.add_argument("--modes", default="projection,diagonal")
-    args = parser.parse_args()
+    args = smoke(parser.parse_args(argv), samples=256, rounds=1)
+    with session(f"BA-Momentum vs momentum SGD per sample, seed-002 CNN, m0={args.m0}"):
+        measure(args)
 
+
+def measure(args):
     chunks = real_chunks(args.m0, args.samples)
     per_round = len(chunks) // args.rounds
     keras.utils.set_random_seed(0)
@@ -119,10 +123,7 @@ def main():
         else:
             methods[name] = ba_step(model, args.learning_rate, args.m0, name)
 
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, no GPU; "
-        f"TF {tf.__version__}, Keras {keras.__version__}"
-    )
+    print(f"{platform.platform()}, TF {tf.__version__}, Keras {keras.__version__}")
     print(
         f"seed-002 CNN, real Fashion-MNIST, m0={args.m0}, {per_round * args.m0} samples x "
         f"{args.rounds} rounds per method"
@@ -130,14 +131,10 @@ def main():
     sizes = {name: [] for name in methods}
     for step in methods.values():  # warm-up: trace and run a few chunks
         run(step, chunks, 0, 5, [])
-    times = {name: [] for name in methods}
     names = list(methods)
-    position = {name: 0 for name in names}
-    for r in range(args.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            times[name].append(run(methods[name], chunks, position[name], per_round, sizes[name]))
-            position[name] += per_round
+    times = alternate({name: lambda r, name=name: run(methods[name], chunks, r * per_round,
+                                                      per_round, sizes[name])
+                       for name in names}, args.rounds)
     samples = per_round * args.m0
     for name in names:
         wall = [t[0] for t in times[name]]
@@ -148,7 +145,7 @@ def main():
         line = (
             f"{name:>10}: {rate:6.0f} samples/s  time/sample vs plain: wall "
             f"{sum(wall) / sum(t[0] for t in times['plain']):.2f}x (rounds: median "
-            f"{statistics.median(ratios):.2f}, {min(ratios):.2f}-{max(ratios):.2f}), "
+            f"{median(ratios):.2f}, {min(ratios):.2f}-{max(ratios):.2f}), "
             f"CPU {cpu_ratio:.2f}x"
         )
         if name != "plain":

@@ -124,7 +124,7 @@ def test_all_reaches_every_bench_or_says_why_not():
 
 # ---- each bench at its smallest size, in this process ---------------------------------------
 
-IN_PROCESS = ["lars", "ghost_bn", "batch_aug", "phase_switch", "checkpoint", "vs_keras",
+IN_PROCESS = ["lars", "ghost_bn", "ba", "batch_aug", "phase_switch", "checkpoint", "vs_keras",
               "loop", "fit_slowdown", "backends"]
 # A line each bench must print (its result), so a bench that silently skips its work fails.
 RESULT = {
