@@ -13,7 +13,12 @@ import happens, with one line naming the statement, where it is, and the flag th
 the framework with their own modules: the config file is then code that runs as the user.
 
 Every import a config makes goes through `gin.config.ParseContext.process_import` (config files,
-included files and --gin_bindings alike), so that is the one place the policy holds.
+included files and --gin_bindings alike), so that is the one place the policy holds. One more
+path runs code: gin's Python-package file reader (gin/resource_reader.py), tried for every
+include it does not find as a file, turns `include 'pkg/sub/x.gin'` into
+`importlib.util.find_spec('pkg.sub')`, which imports `pkg` (its `__init__` runs; the current
+folder is on `sys.path` under `python -m`). Configs name files, so by default includes are
+looked up as files only: that reader is off while parsing, unless --gin_allow_imports.
 """
 
 from __future__ import annotations
@@ -52,8 +57,12 @@ def restricted(*, allow_imports: bool = False):
             f"gin files: remove it, or pass {ALLOW_FLAG} if you trust the file (it then runs as "
             f"you)")
 
+    readers = gin.config._FILE_READERS  # noqa: SLF001 - gin 0.5 has no API to unregister
+    saved = list(readers)
+    readers[:] = [r for r in readers if r[0] is not gin.resource_reader.system_path_reader]
     context.process_import = refuse
     try:
         yield
     finally:
         context.process_import = original
+        readers[:] = saved

@@ -107,7 +107,11 @@ def filtered_stderr(min_level: int) -> Iterator[None]:
         yield
         return
     sys.stderr.flush()
-    original = os.dup(2)
+    try:
+        original = os.dup(2)
+    except OSError:  # no descriptor 2 (a daemon): nothing to filter
+        yield
+        return
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
