@@ -111,7 +111,7 @@ def test_killed_run_resumes_at_the_right_epoch_and_phase(tmp_path):
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL inside phase 2
     first_epoch = json.loads((run_dir / "history.json").read_text())
     assert [e["epoch"] for e in first_epoch] == [1]
-    resumed = run_cli(*args)
+    resumed = run_main(*args)  # the rerun in-process (tests/inprocess.py)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "at epoch 2, step 0" in resumed.stdout
     assert "Epoch 1/2" not in resumed.stdout
