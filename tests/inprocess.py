@@ -4,7 +4,8 @@
     proc.returncode, proc.stdout, proc.stderr      # as tests/cli.py's run_cli returns them
 
 What runs is `keras_largebatch.main.run()`, the console script itself:
-`app.run(main, flags_parser=cli_flags.parse)` with `sys.argv = ["keras-largebatch", *args]`:
+`app.run(main, flags_parser=cli_flags.parse)` with `sys.argv = ["keras-largebatch", *args]`
+(with `faults`, `tests.faults.main()`, what `python -m tests.faults` runs):
 absl flags parsed by the same parser, gin parsed by the same `main`, `as_user_error` and every
 `_fail` on the same path. `SystemExit` becomes the exit status; stdout and stderr are captured
 at the file descriptors (1 and 2), so C++ log lines land in them as in a child process.
@@ -13,13 +14,15 @@ Around each run, the process-global state a run changes is reset or restored: ab
 (unparsed, so a flag from one run never leaks into the next), gin's config and search paths,
 Keras' session, TensorFlow's op determinism and global seed, Python's and NumPy's RNG, the
 warning filters (Python's defaults, as in a fresh interpreter, not pytest's "error"),
-`os.environ`, the current folder, `sys.path` and modules first imported by the run.
+`os.environ`, the current folder, `sys.path`, modules imported from the run's PYTHONPATH, and
+`config.register_configurables` (which tests.faults replaces).
 
 What needs a real process stays in one (tests/cli.py): SIGKILL faults, several workers
 (TF_CONFIG with a live peer), a device layout other than the suite's 2 logical CPUs
 (tests/conftest.py), TCMalloc at start-up, and the lock held by another process. A run that
 would end the process (`os._exit`, the multi-worker hard exit) raises here instead.
-tests/test_cli.py runs one bad-input case both ways and compares the results.
+tests/test_cli.py runs a bad input and a completed run both ways and compares them: the same
+status, lines, files and weights; only a fresh process's TensorFlow start-up lines differ.
 """
 
 from __future__ import annotations
@@ -60,9 +63,14 @@ def run_main(*args: str, env: dict | None = None, cwd: Path | None = None,
     for spec in faults:
         if not spec.startswith(IN_PROCESS_FAULTS):
             raise ValueError(f"fault {spec!r} ends the process; use cli.run_cli")
-    argv = [PROGRAM, *args]
-    with _isolated(env, cwd), _with_faults(faults), _captured() as out:
-        code = _exit_code(lambda: _argv_run(argv, cli.run))
+    if faults:  # `python -m tests.faults SPECS -- ARGS`: the same main, faults injected
+        from . import faults as faults_module
+
+        argv, entry = ["tests.faults", *faults, "--", *args], faults_module.main
+    else:
+        argv, entry = [PROGRAM, *args], cli.run
+    with _isolated(env, cwd), _captured() as out:
+        code = _exit_code(lambda: _argv_run(argv, entry))
     return subprocess.CompletedProcess(argv, code, out["stdout"], out["stderr"])
 
 
@@ -99,34 +107,6 @@ def _exit_code(fn) -> int:
 
 
 @contextlib.contextmanager
-def _with_faults(specs):
-    """The tests/faults.py hook (train(extra_actions=...)) around main's configurables."""
-    if not specs:
-        yield
-        return
-    import dataclasses
-    import functools
-
-    from keras_largebatch import config
-
-    from . import faults
-
-    actions = faults.parse(list(specs))
-    register = config.register_configurables
-
-    def with_faults():
-        configured = register()
-        train = functools.partial(configured.train, extra_actions=actions)
-        return dataclasses.replace(configured, train=train)
-
-    config.register_configurables = with_faults
-    try:
-        yield
-    finally:
-        config.register_configurables = register
-
-
-@contextlib.contextmanager
 def _isolated(env: dict | None, cwd: Path | None):
     """Reset / restore what a run changes in the process (module docstring)."""
     import gin
@@ -135,6 +115,8 @@ def _isolated(env: dict | None, cwd: Path | None):
     from absl import logging as absl_logging
     from tensorflow.python.eager import context
     from tensorflow.python.framework import config as tf_config
+
+    from keras_largebatch import config
 
     env = dict(env or {})
     saved_environ = dict(os.environ)
@@ -147,7 +129,7 @@ def _isolated(env: dict | None, cwd: Path | None):
     verbosity = absl_logging.get_verbosity()
     added_paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     was_parsed = flags.FLAGS.is_parsed()
-    saved_exit = os._exit
+    saved_exit, register = os._exit, config.register_configurables  # tests.faults patches it
 
     def refuse_exit(status):
         raise WouldEndTheProcess(f"os._exit({status}): run this case in a real process")
@@ -164,7 +146,7 @@ def _isolated(env: dict | None, cwd: Path | None):
             _python_default_warning_filters()
             yield
     finally:
-        os._exit = saved_exit
+        os._exit, config.register_configurables = saved_exit, register
         flags.FLAGS.unparse_flags()
         if was_parsed:
             flags.FLAGS([PROGRAM])  # defaults, parsed, as before the run
