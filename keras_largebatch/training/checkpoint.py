@@ -164,6 +164,8 @@ class Checkpointer:
         self._resumed_from: int | None = None  # checkpoint number restored at start
         self._latest: str | None = None  # prefix of the newest checkpoint saved or restored
         self.last_saved: int | None = None
+        # callable(StepOutput) -> Stop | Rewind | None, run before every `save_sound`
+        self.save_guard = None
 
     @property
     def history(self) -> list[dict]:
@@ -270,6 +272,18 @@ class Checkpointer:
                 f"--overwrite to all of them to start afresh")
 
     # ---- Save ----------------------------------------------------------------------------
+    def save_sound(self, out) -> object | None:
+        """Save at `out.updates` unless the save guard objects: then write nothing and return
+        its outcome (a `Stop` or `Rewind`, training/actions/). The one rule every save of the
+        loop follows: no checkpoint holds a diverged state (the loop installs the divergence
+        check as `save_guard`: a finite, bounded loss window and finite weights)."""
+        if self.save_guard is not None:
+            outcome = self.save_guard(out)
+            if outcome is not None:
+                return outcome
+        self.save(out.updates)
+        return None
+
     def save(self, updates: int) -> bool:
         """Write ckpt-<updates> (and history.json on the chief) unless it exists; True if so."""
         if self.last_saved == updates:

@@ -8,7 +8,7 @@ The loop owns the counters; an action never changes them. It only answers with a
 `Stop` (diverged, interrupted: the loop writes results.json with that status and returns) or
 `Rewind` (a divergence roll-back restored an earlier checkpoint: the loop continues from the
 position the checkpoint holds, exactly as a resumed run would). Actions, in the order the loop
-runs them:
+runs them (stages.make_actions):
 
     preemption_sync.PreemptionSync    multi-worker only: all workers agree on a SIGTERM/SIGINT
     step_summaries.StepSummaries      step/* TensorBoard scalars every `log_every_steps` updates
@@ -16,6 +16,12 @@ runs them:
     divergence.DivergenceCheck        a non-finite or too-large loss: stop, or roll back
     checkpoint.PeriodicCheckpoint     every `checkpoint_every_steps` updates and every epoch end
     preemption.PreemptionCheckpoint   SIGTERM/SIGINT: save at this step boundary, then stop
+
+No action calls another: the rule that no checkpoint holds a diverged state is the
+checkpointer's own (`Checkpointer.save_sound` asks its `save_guard`, the divergence check, before
+every save the checkpoint and preemption actions make). The order above still says two things:
+the sync comes first, so every worker's preemption action sees the signal they agreed on at the
+same update, and a user action sees each update before the checks and saves.
 
 Write your own by subclassing `Action` (override `__call__`, and `begin_epoch` if it keeps
 per-epoch state) and pass it as `train(extra_actions=[...])` or `train.extra_actions = [...]`.

@@ -4,29 +4,25 @@
 
 A periodic save falls on update counts that are multiples of the interval, except an epoch's
 last update (the epoch end saves after the evaluation, so the record of that epoch is in it).
-Before a periodic save the divergence check runs (no checkpoint ever holds non-finite values).
+Every save goes through `Checkpointer.save_sound`, whose guard (the divergence check, installed
+by the loop) refuses to write a diverged state: then its outcome (stop or roll back) is this
+action's.
 """
 
 from __future__ import annotations
 
 from keras_largebatch.training.actions import Action, Outcome, StepOutput
-from keras_largebatch.training.actions.divergence import DivergenceCheck
 from keras_largebatch.training.checkpoint import Checkpointer
 
 
 class PeriodicCheckpoint(Action):
-    def __init__(self, checkpointer: Checkpointer, divergence: DivergenceCheck,
-                 every_steps: int | None):
-        self.checkpointer, self.divergence = checkpointer, divergence
+    def __init__(self, checkpointer: Checkpointer, every_steps: int | None):
+        self.checkpointer = checkpointer
         self.every_steps = int(every_steps or 0)
 
     def __call__(self, out: StepOutput) -> Outcome | None:
         if out.epoch_end:
-            self.checkpointer.save(out.updates)
-            return None
+            return self.checkpointer.save_sound(out)
         if self.every_steps and out.updates % self.every_steps == 0 and not out.last:
-            outcome = self.divergence.check(out, before_save=True)
-            if outcome is not None:
-                return outcome
-            self.checkpointer.save(out.updates)
+            return self.checkpointer.save_sound(out)
         return None

@@ -5,10 +5,10 @@ rolls it back (training/divergence.py has the guard and the rules).
     train.on_divergence = 'restore'   Rewind to the latest checkpoint with the LR x factor, at
                                       most train.max_restores times, then stop as above
 
-Checked every `log_every_steps` updates and on an epoch's last update, and (through `check`,
-called by the checkpoint and preemption actions) before every save: a checkpoint is written only
-when the loss window is finite and within bound AND every model and optimizer variable is
-finite, so the latest checkpoint is always a good one to roll back to.
+Checked every `log_every_steps` updates and on an epoch's last update, and before every save:
+the loop installs `check` as the checkpointer's save guard (`Checkpointer.save_sound`), so a
+checkpoint is written only when the loss window is finite and within bound AND every model and
+optimizer variable is finite, and the latest checkpoint is always a good one to roll back to.
 """
 
 from __future__ import annotations

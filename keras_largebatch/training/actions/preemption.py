@@ -1,8 +1,9 @@
 """Preemption action: after SIGTERM / SIGINT, save at the next step boundary and stop.
 
 The signal handler (training/signals.py) only records the signal; this action, run after every
-update, checks the run is sound (divergence check), saves a checkpoint at this update and stops
-the run with status "interrupted" (exit status 128 + N). On an epoch's last update it waits for
+update, saves a checkpoint at this update (`Checkpointer.save_sound`: unless the run diverged,
+which then decides the outcome) and stops the run with status "interrupted" (exit status
+128 + N). On an epoch's last update it waits for
 the epoch end, so the epoch's evaluation and record are in the checkpoint.
 
 Multi-worker: `received` is the signal all workers agreed on after this update
@@ -18,16 +19,14 @@ import sys
 from collections.abc import Callable
 
 from keras_largebatch.training.actions import Action, Outcome, StepOutput, Stop
-from keras_largebatch.training.actions.divergence import DivergenceCheck
 from keras_largebatch.training.checkpoint import Checkpointer
 from keras_largebatch.training.signals import SignalCatcher
 
 
 class PreemptionCheckpoint(Action):
-    def __init__(self, catcher: SignalCatcher, checkpointer: Checkpointer,
-                 divergence: DivergenceCheck, *, epochs: int,
+    def __init__(self, catcher: SignalCatcher, checkpointer: Checkpointer, *, epochs: int,
                  received: Callable[[], int | None] | None = None):
-        self.catcher, self.checkpointer, self.divergence = catcher, checkpointer, divergence
+        self.catcher, self.checkpointer = catcher, checkpointer
         self.epochs = epochs
         self.received = received or (lambda: catcher.received)
 
@@ -39,10 +38,9 @@ class PreemptionCheckpoint(Action):
             return self._stop(signum, out.epoch + 1, 0) if out.epoch + 1 < self.epochs else None
         if out.last:
             return None  # the epoch end saves, after the evaluation
-        outcome = self.divergence.check(out, before_save=True)
+        outcome = self.checkpointer.save_sound(out)
         if outcome is not None:
             return outcome
-        self.checkpointer.save(out.updates)
         return self._stop(signum, out.epoch, out.step)
 
     def _stop(self, signum: int, epoch: int, step: int) -> Stop:
