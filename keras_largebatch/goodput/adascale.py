@@ -25,9 +25,8 @@ import numpy as np
 from keras import ops
 
 from keras_largebatch import validate
-from keras_largebatch.schedules import batch as batch_lib
 from keras_largebatch.schedules.batch import BATCH_SIZE_FIX
-from keras_largebatch.schedules.learning_rate import EpochSchedule, as_schedule
+from keras_largebatch.schedules.batch_coupled import _BatchComposed
 
 
 def adascale_gain(scale, g2, trace, base_batch):
@@ -56,7 +55,7 @@ def statistical_efficiency(batch, g2, trace, base_batch):
 
 
 @keras.saving.register_keras_serializable(package="keras_largebatch")
-class AdaScaled(EpochSchedule):
+class AdaScaled(_BatchComposed):
     """lr(e) = schedule(e) x r(m(e) / base_batch_size), m(e) the batch schedule's batch now.
 
     `stats` is a `SmoothedGradientStats` (noise_scale.py) that the train step updates; it is
@@ -66,22 +65,12 @@ class AdaScaled(EpochSchedule):
 
     def __init__(self, schedule, batch_schedule, base_batch_size: int, stats=None,
                  progress=None):
-        super().__init__(progress)
-        self._schedule = as_schedule(schedule, "schedule")
-        self._batch = batch_lib.get(batch_schedule)
+        super().__init__(schedule, batch_schedule, progress)
         self._base = validate.whole("base_batch_size", base_batch_size, fix=BATCH_SIZE_FIX)
         self._stats = stats
 
     def attach(self, stats) -> None:
         self._stats = stats
-
-    @property
-    def batch_schedule(self):
-        return self._batch
-
-    @property
-    def total_epochs(self):
-        return self._schedule.total_epochs
 
     def gain_at(self, epoch):
         if self._stats is None:
@@ -94,13 +83,4 @@ class AdaScaled(EpochSchedule):
         return self._schedule.value_at(epoch) * self.gain_at(epoch)
 
     def get_config(self) -> dict:
-        return {"schedule": keras.saving.serialize_keras_object(self._schedule),
-                "batch_schedule": keras.saving.serialize_keras_object(self._batch),
-                "base_batch_size": self._base}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        config = dict(config)
-        config["schedule"] = as_schedule(config["schedule"], "schedule")
-        config["batch_schedule"] = batch_lib.get(config["batch_schedule"])
-        return cls(**config)
+        return {**super().get_config(), "base_batch_size": self._base}

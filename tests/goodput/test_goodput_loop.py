@@ -13,16 +13,7 @@ from keras_largebatch.training.loop import train
 from keras_largebatch.training.signals import SignalCatcher
 
 from ..faults import SignalAtStep
-from ..training.helpers import fashion_subset
-
-WALL_CLOCK = {"epoch_time_s", "samples_per_second", "wall_time_s", "step_time_s"}
-
-
-def _comparable(results: dict) -> dict:
-    results = {k: v for k, v in results.items() if k not in WALL_CLOCK}
-    results["epochs"] = [{k: v for k, v in e.items() if k not in WALL_CLOCK}
-                         for e in results["epochs"]]
-    return results
+from ..training.helpers import comparable, fashion_subset
 
 
 def _kw(strategy):
@@ -76,4 +67,4 @@ def test_stopped_after_a_decision_resumes_bitwise(reference, tmp_path, two_cpu_s
     assert stopped["status"] == "interrupted" and len(stopped["epochs"]) == 1
     resumed = train(run_dir=str(tmp_path / "run"), **_kw(two_cpu_strategy))
     assert resumed["status"] == "completed"
-    assert _comparable(resumed) == _comparable(expected)   # incl. weights_sha256, decisions
+    assert comparable(resumed) == comparable(expected)   # incl. weights_sha256, decisions
