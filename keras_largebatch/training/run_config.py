@@ -1,18 +1,26 @@
-"""A run's settings as a few typed, validated groups, and `train()`'s flat names for them.
+"""A run's settings, declared once: typed, validated groups whose fields are `train()`'s flat names.
 
-    config = RunConfig.from_train_args(epochs=8, batch_size=128, ...)   # what train() does
-    config.optimization.batch_size, config.checkpointing.every_steps, ...
+    config = RunConfig.from_train_args(epochs=8, checkpoint_every_steps=500)   # what train() does
+    config.optimization.epochs, config.checkpointing.every_steps, ...
+    SETTINGS["checkpoint_every_steps"]   # Setting(name, group, field, default, doc, annotation)
 
-Users bind the flat names (`train.epochs = 8`, `train.checkpoint_every_steps = 1000`: the API of
-every gin file and the README); `train()` groups them here, every value is checked before
-anything is built or written (one `error:` line naming the binding and the fix), and the loop
-reads only these objects. Units: epochs are epochs, batch sizes are global samples per update
-(all replicas), `*_steps` are updates.
+Each field below is one run setting: its default, a one-line doc and (where the flat name is not
+the field's own) the name users bind, `train.<name>` (`train.checkpoint_every_steps` is
+`CheckpointConfig.every_steps`). Everything else is derived from these fields: the table
+`SETTINGS`, `train()`'s keyword parameters and their defaults (`with_setting_parameters`, so gin
+reads a real signature: binding names, defaults, the operative config), `from_train_args`, and
+docs/SETTINGS.md (`python -m keras_largebatch.training.run_config > docs/SETTINGS.md`; a test
+keeps it equal). Adding a setting is one field here. Every value is checked in `__post_init__`
+before anything is built or written (one `error:` line naming the binding and the fix); a few
+checks that need the data or the model run later (training/build.py). Units: epochs are epochs,
+batch sizes are global samples per update (all replicas), `*_steps` are updates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +37,14 @@ LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 # (schedules/batch.py), so an astronomically large `train.epochs` (a typo, 10**22) would hang
 # before the first update instead of failing; a million is far beyond any real schedule.
 MAX_EPOCHS = 1_000_000
+
+
+def setting(default, doc: str, *, name: str | None = None) -> Any:
+    """A dataclass field that is a run setting: `default`, a one-line `doc`, and the flat
+    binding name `train.<name>` where it differs from the field's own name."""
+    if not doc or "\n" in doc:
+        raise ValueError(f"a setting's doc is one line: {doc!r}")
+    return dataclasses.field(default=default, metadata={"doc": doc, "name": name})
 
 
 def _positive_int(name: str, value) -> int:
@@ -50,11 +66,17 @@ def _optional_whole(name: str, value, minimum: int) -> int | None:
 class DataConfig:
     """What is read and how: dataset, augmentation, seed-003 repeats, evaluation batches."""
 
-    dataset: Any = "fashion_mnist"       # a registered name (data/sources.py) or a DataSource
-    augment: str | Callable | None = None
-    repeats: int = 1                     # M augmented copies of every sample per update
-    eval_batch_size: int = 1000          # samples
-    eval_train_set: bool = False         # also evaluate the whole training set every epoch
+    dataset: Any = setting("fashion_mnist", "a registered data source (fashion_mnist, mnist, "
+                           "cifar10, cifar100, imagenet2012; options bind by its name: "
+                           "fashion_mnist.data_dir) or a DataSource")
+    augment: str | Callable | None = setting(None, "augmentation policy 'standard', 'cutout' or "
+                                             "'inception' (data/augment.py), a callable "
+                                             "f(images, seed), or None")
+    repeats: int = setting(1, "M augmented copies of every sample per update (batch "
+                           "augmentation, seed 003)")
+    eval_batch_size: int = setting(1000, "samples per evaluation batch")
+    eval_train_set: bool = setting(False, "also evaluate the loss on the whole training set "
+                                   "every epoch (seed 002's training-loss curves)")
 
     def __post_init__(self):
         if not validate.is_int(self.repeats) or self.repeats < 1:
@@ -70,20 +92,37 @@ class DataConfig:
 class OptimizationConfig:
     """The model, the optimizer and the schedules of batch size and learning rate."""
 
-    model: str = "cnn_fashion"
-    model_options: dict | None = None
-    optimizer: str = "momentum"
-    learning_rate: LearningRate = 0.05
-    batch_size: int = 128                # global samples per update
-    batch_schedule: Any = None           # a BatchSchedule (AdaBatch, ...) or None
-    epochs: int = 8
-    lr_scaling: str = "none"             # "linear" | "sqrt" | "adascale" | "none"
-    lr_reference_batch_size: int = 1
-    max_per_replica_batch: int | None = None   # above it: gradient accumulation
-    adapt_grad_norm_every: int | None = None   # seed-003 authors' gradient-norm adaptation
-    jit_compile: bool = False
-    precision: str = "float32"           # Keras dtype policy: "mixed_bfloat16" | "mixed_float16"
-    gradient_noise_scale: bool | None = None   # measure |G|^2, tr(Sigma); None: where needed
+    model: str = setting("cnn_fashion", "a registered model name (models/registry.py; "
+                         "options bind by its name: cnn_fashion.dropout)")
+    model_options: dict | None = setting(None, "extra keyword arguments of the model builder "
+                                         "(a dict), or None")
+    optimizer: str = setting("momentum", "'sgd', 'momentum', 'adam', 'lars', 'ba_momentum' or "
+                             "'ba_sgd' (options: SGD.*, Adam.*, LARS.*, BAMomentum.*)")
+    learning_rate: LearningRate = setting(0.05, "LR per update: a positive float or an "
+                                          "epoch-keyed schedule (@LinearWarmup(), ...)")
+    batch_size: int = setting(128, "global samples per update (all replicas); "
+                              "train.batch_schedule replaces it by phase")
+    batch_schedule: Any = setting(None, "a batch-size schedule (@AdaBatch(), "
+                                  "@PiecewiseBatch(), @GoodputBatch(), ...) whose LR "
+                                  "multiplier applies to train.learning_rate, or None")
+    epochs: int = setting(8, f"passes over the training set (at most {MAX_EPOCHS:,})")
+    lr_scaling: str = setting("none", "'linear' or 'sqrt': scale the LR with the phase's batch "
+                              "over train.lr_reference_batch_size; 'adascale': by AdaScale's "
+                              "gain (goodput/adascale.py); 'none'")
+    lr_reference_batch_size: int = setting(1, "the batch size train.learning_rate is given for "
+                                           "(lr_scaling 'linear' or 'sqrt')")
+    max_per_replica_batch: int | None = setting(None, "above this per-replica batch, an update "
+                                                "accumulates the gradients of equal "
+                                                "micro-batches; None: never")
+    adapt_grad_norm_every: int | None = setting(None, "rescale the loss every N updates as the "
+                                                "seed-003 authors' code does; None: off")
+    jit_compile: bool = setting(False, "compile each replica's forward and backward pass with "
+                                "XLA")
+    precision: str = setting("float32", "Keras dtype policy of the run: 'float32', "
+                             "'mixed_bfloat16' or 'mixed_float16' (training/precision.py)")
+    gradient_noise_scale: bool | None = setting(None, "measure |G|^2, tr(Sigma) and B_simple "
+                                                "(goodput/noise_scale.py); None: where "
+                                                "AdaScale or GoodputBatch needs it")
 
     def __post_init__(self):
         if _positive_int("train.epochs", self.epochs) > MAX_EPOCHS:
@@ -131,12 +170,17 @@ class OptimizationConfig:
 class CheckpointConfig:
     """When to checkpoint and what to do when training diverges (training/divergence.py)."""
 
-    every_steps: int | None = 1000       # updates; 0 or None: only at epoch ends
-    keep: int = 2                        # checkpoints kept
-    on_divergence: str = "stop"          # "stop" | "restore"
-    loss_upper_bound: float | None = None
-    divergence_lr_factor: float = 0.5
-    max_restores: int = 3
+    every_steps: int | None = setting(1000, "updates between checkpoints (and one every epoch); "
+                                      "0 or None: at epoch ends only",
+                                      name="checkpoint_every_steps")
+    keep: int = setting(2, "checkpoints kept on disk", name="checkpoints_to_keep")
+    on_divergence: str = setting("stop", "on a non-finite loss (or one above "
+                                 "train.loss_upper_bound): 'stop', or 'restore' the last "
+                                 "checkpoint with a lower LR")
+    loss_upper_bound: float | None = setting(None, "a loss above this diverges too; None: only "
+                                             "a non-finite loss")
+    divergence_lr_factor: float = setting(0.5, "the LR multiplier after each 'restore'")
+    max_restores: int = setting(3, "'restore's before the run stops as diverged")
 
     def __post_init__(self):
         if self.every_steps is not None and (not validate.is_int(self.every_steps)
@@ -152,9 +196,11 @@ class CheckpointConfig:
 class LoggingConfig:
     """What the run prints and writes to TensorBoard besides the per-epoch scalars."""
 
-    every_steps: int = 50                # step/* scalars and the divergence check, in updates
-    gradient_norm: bool = False          # train/gradient_norm per epoch
-    verbose: bool = True
+    every_steps: int = setting(50, "updates between the step/* TensorBoard scalars and the "
+                               "divergence checks", name="log_every_steps")
+    gradient_norm: bool = setting(False, "record the global gradient's L2 norm per epoch "
+                                  "(train/gradient_norm)", name="log_gradient_norm")
+    verbose: bool = setting(True, "print the run's progress lines")
 
     def __post_init__(self):
         if not validate.is_int(self.every_steps) or self.every_steps < 1:
@@ -166,46 +212,116 @@ class LoggingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    data: DataConfig
-    optimization: OptimizationConfig
-    checkpointing: CheckpointConfig
-    logging: LoggingConfig
-    seed: int = 0                        # data order, initialisation, augmentation, dropout
-    deterministic: bool = False          # TF op determinism: bitwise-reproducible runs on CPU
-    extra_actions: Sequence = ()         # user actions run after every update (actions/)
+    """The whole run: one group per concern, plus the settings that concern all of them."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimization: OptimizationConfig = dataclasses.field(default_factory=OptimizationConfig)
+    checkpointing: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    seed: int = setting(0, "seeds data order, initialisation, augmentation and dropout; an "
+                        "integer in [0, 2**32)")
+    deterministic: bool = setting(False, "TF op determinism: bitwise-reproducible runs and "
+                                  "resumes on CPU")
+    extra_actions: Sequence = setting((), "user actions run after every update "
+                                      "(training/actions/)")
 
     def __post_init__(self):
         if not validate.is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise UserInputError(f"train.seed must be an integer in [0, 2**32); got "
                                  f"{self.seed!r}")
         validate.boolean("train.deterministic", self.deterministic)
+        object.__setattr__(self, "extra_actions", tuple(self.extra_actions or ()))
 
     @classmethod
-    def from_train_args(cls, *, dataset, model, model_options, optimizer, learning_rate,
-                        batch_size, batch_schedule, epochs, seed, repeats, augment,
-                        log_gradient_norm, adapt_grad_norm_every, max_per_replica_batch,
-                        lr_scaling, lr_reference_batch_size, jit_compile, eval_batch_size,
-                        eval_train_set, log_every_steps, checkpoints_to_keep,
-                        checkpoint_every_steps, deterministic, on_divergence, loss_upper_bound,
-                        divergence_lr_factor, max_restores, verbose,
-                        extra_actions=(), precision="float32",
-                        gradient_noise_scale=None) -> RunConfig:
-        """Group `train()`'s flat keyword arguments (the gin binding names)."""
-        return cls(
-            data=DataConfig(dataset=dataset, augment=augment, repeats=repeats,
-                            eval_batch_size=eval_batch_size, eval_train_set=eval_train_set),
-            optimization=OptimizationConfig(
-                model=model, model_options=model_options, optimizer=optimizer,
-                learning_rate=learning_rate, batch_size=batch_size,
-                batch_schedule=batch_schedule, epochs=epochs, lr_scaling=lr_scaling,
-                lr_reference_batch_size=lr_reference_batch_size,
-                max_per_replica_batch=max_per_replica_batch,
-                adapt_grad_norm_every=adapt_grad_norm_every, jit_compile=jit_compile,
-                precision=precision, gradient_noise_scale=gradient_noise_scale),
-            checkpointing=CheckpointConfig(
-                every_steps=checkpoint_every_steps, keep=checkpoints_to_keep,
-                on_divergence=on_divergence, loss_upper_bound=loss_upper_bound,
-                divergence_lr_factor=divergence_lr_factor, max_restores=max_restores),
-            logging=LoggingConfig(every_steps=log_every_steps, gradient_norm=log_gradient_norm,
-                                  verbose=verbose),
-            seed=seed, deterministic=deterministic, extra_actions=tuple(extra_actions or ()))
+    def from_train_args(cls, **kwargs) -> RunConfig:
+        """Group `train()`'s flat keyword arguments (the gin binding names, `SETTINGS`); a
+        setting not given keeps its declared default."""
+        for name in kwargs:
+            if name not in SETTINGS:
+                raise TypeError(f"train() got an unexpected keyword argument {name!r}")
+        grouped: dict[str | None, dict] = {}
+        for name, value in kwargs.items():
+            s = SETTINGS[name]
+            grouped.setdefault(s.group, {})[s.field] = value
+        groups = {group: kind(**grouped.get(group, {})) for group, kind in _groups(cls).items()}
+        return cls(**groups, **grouped.get(None, {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One row of the table: `train.<name>` is `RunConfig.<group>.<field>` (group None: a
+    field of RunConfig itself)."""
+
+    name: str
+    group: str | None
+    field: str
+    default: Any
+    doc: str
+    annotation: str
+
+
+def _groups(cls=None) -> dict[str, type]:
+    """RunConfig's group fields and their dataclasses, in declaration order."""
+    hints = typing.get_type_hints(cls or RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls or RunConfig)
+            if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _collect() -> dict[str, Setting]:
+    rows: dict[str, Setting] = {}
+    for group, kind in [*_groups().items(), (None, RunConfig)]:
+        for f in dataclasses.fields(kind):
+            if "doc" not in f.metadata:
+                continue  # a group
+            name = f.metadata["name"] or f.name
+            if name in rows:
+                raise TypeError(f"two settings bind as train.{name}: give one a name=")
+            rows[name] = Setting(name, group, f.name, f.default, f.metadata["doc"], str(f.type))
+    return rows
+
+
+SETTINGS: dict[str, Setting] = _collect()
+
+
+def with_setting_parameters(fn: Callable) -> Callable:
+    """`fn(*, <its own arguments>, **settings)`, given the signature that lists every setting
+    as a keyword-only parameter with its declared default, so that gin (which reads signatures:
+    `inspect.getfullargspec` honours `__signature__`) binds `train.<name>`, shows the defaults in
+    the operative config and refuses unknown names. An argument `fn` declares itself that is a
+    setting too (`verbose`, `extra_actions`) must have the declared default."""
+    signature = inspect.signature(fn)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    if len(own) == len(signature.parameters):
+        raise TypeError(f"{fn.__name__} must take **settings")
+    for p in own:
+        if p.name in SETTINGS and p.default != SETTINGS[p.name].default:
+            raise TypeError(f"{fn.__name__}({p.name}={p.default!r}) differs from its declared "
+                            f"default {SETTINGS[p.name].default!r}")
+    names = {p.name for p in own}
+    generated = [inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=s.default,
+                                   annotation=s.annotation)
+                 for s in SETTINGS.values() if s.name not in names]
+    fn.__signature__ = signature.replace(parameters=[*own[:1], *generated, *own[1:]])
+    return fn
+
+
+def settings_markdown() -> str:
+    """docs/SETTINGS.md: the table of every setting, generated from the declaration."""
+    lines = ["# Run settings", "",
+             "Every `train.*` binding, its default and what it does. Generated from the "
+             "declaration in `keras_largebatch/training/run_config.py` (one field per setting); "
+             "regenerate with", "",
+             "    python -m keras_largebatch.training.run_config > docs/SETTINGS.md", "",
+             "(tests/training/test_run_config.py fails when this file and the declaration "
+             "differ).", "",
+             "| binding | default | in RunConfig | what it does |",
+             "|---|---|---|---|"]
+    for s in SETTINGS.values():
+        where = f"{s.group}.{s.field}" if s.group else s.field
+        doc = s.doc.replace("|", "\\|")  # a pipe would end the table cell
+        lines.append(f"| `train.{s.name}` | `{s.default!r}` | `{where}` | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")
