@@ -66,9 +66,13 @@ def sweep_seconds(kind: str, runs: int, root: str) -> float:
     rows = sw.run_sweep(study(runs), sweep_dir=out, echo=lambda _: None,
                         **({"parallel": 2} if kind == "local" else {"ray": RayOptions()}))
     seconds = time.perf_counter() - start
-    bad = [r["run"] for r in rows if r["status"] != "completed"]
+    bad = [f"{r['run']} ({r['status']}: {r.get('error') or '?'})" for r in rows
+           if r["status"] != "completed"]
     if bad:
-        raise SystemExit(f"error: {kind} sweep: runs {bad} did not complete; see {out}/logs")
+        kept = shutil.copytree(out, tempfile.mkdtemp(prefix=f"ray_dispatch_{kind}_failed_"),
+                               dirs_exist_ok=True)  # out goes with root at the end
+        raise SystemExit(f"error: {kind} sweep: runs did not complete: {'; '.join(bad)}; "
+                         f"logs copied to {kept}/logs")
     shutil.rmtree(out)
     return seconds
 
@@ -90,16 +94,42 @@ def ray_start_seconds() -> float:
     return time.perf_counter() - start
 
 
+def noop_seconds(kind: str, jobs: int, root: str) -> list[float]:
+    """Seconds from submit to outcome of `jobs` /bin/true jobs, one at a time, via `kind`."""
+    from keras_largebatch.studies.executors import Job, LocalExecutor, RayExecutor, RayOptions
+
+    folder = tempfile.mkdtemp(prefix=f"noop-{kind}-", dir=root)
+    lock_fd = os.open(os.path.join(folder, "lock"), os.O_RDWR | os.O_CREAT)
+    executor = LocalExecutor(1, lock_fd) if kind == "local" else RayExecutor(RayOptions())
+    seconds = []
+    try:
+        for i in range(jobs):
+            job = Job(f"noop{i}", ("/bin/true",), os.path.join(folder, f"noop{i}.log"), folder)
+            start = time.perf_counter()
+            executor.submit(job)
+            outcomes = []
+            while not outcomes:
+                outcomes = executor.wait(0.005)
+            seconds.append(time.perf_counter() - start)
+            if outcomes[0].returncode != 0:
+                raise SystemExit(f"error: {kind} no-op job: {outcomes[0]}")
+    finally:
+        executor.close()
+        os.close(lock_fd)
+    return seconds
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--noop_jobs", type=int, default=20)
     parser.add_argument("--smoke", action="store_true", help="2 runs, 1 round; no number")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rounds < 1:
         parser.exit(2, f"error: --runs={args.runs} --rounds={args.rounds}: both must be >= 1\n")
     if args.smoke:
-        args.runs, args.rounds = 2, 1
+        args.runs, args.rounds, args.noop_jobs = 2, 1, 2
     root = tempfile.mkdtemp(prefix="ray_dispatch")
     os.environ["RAY_TMPDIR"] = root  # a fresh Ray of our own, not a cluster found in /tmp/ray
     os.makedirs(os.path.join(root, "ray"))
@@ -118,6 +148,13 @@ def main(argv: list[str]) -> None:
         if not args.smoke:
             print(f"median over {args.rounds} rounds: " + report(
                 args.runs, *(statistics.median(times[k]) for k in ("local", "ray", "start"))))
+        noop = {kind: noop_seconds(kind, args.noop_jobs, root) for kind in ("local", "ray")}
+        for kind, seconds in noop.items():
+            print(f"no-op job via {kind}: median {statistics.median(seconds):.3f} s, max "
+                  f"{max(seconds):.3f} s over {len(seconds)} jobs")
+        print(f"dispatch per job, ray - local: "
+              f"{statistics.median(noop['ray']) - statistics.median(noop['local']):+.3f} s "
+              "(medians)")
     finally:
         print(load_line())
         shutil.rmtree(root, ignore_errors=True)
