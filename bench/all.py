@@ -13,8 +13,9 @@ float32 and mixed_bfloat16 (vs_keras.py), the framework's compiled step vs model
 pipeline (loop_overhead.py), model.fit's epochs after the first (fit_slowdown.py), LARS / ghost
 BN / BA-Momentum through plain model.fit on the current Keras backend (backends.py), TCMalloc
 vs glibc's malloc under a real CLI run (allocator.py), and a TensorFlow process's start-up with
-and without jax importable (startup.py), and the gradient-noise-scale probe in the train step
-(noise_scale_overhead.py). Before and after each it prints the 1-minute load
+and without jax importable (startup.py), the gradient-noise-scale probe in the train step
+(noise_scale_overhead.py), and the host's time per update at K updates per compiled call on a
+~1 ms step (host_overhead.py). Before and after each it prints the 1-minute load
 average: absolute throughputs on a shared machine are distorted, the ratios are the output.
 Ends with one summary line per benchmark (its last lines) and exits 1 if any bench failed.
 `--quick` shortens each (fewer rounds/steps/examples) for a first look; `--smoke` runs each at
@@ -57,6 +58,7 @@ BENCHES = {
     "allocator": ("allocator.py", [], ["--rounds", "1", "--examples", "3200"], 5),
     "startup": ("startup.py", [], ["--rounds", "2"], 4),
     "noise_scale": ("noise_scale_overhead.py", [], ["--rounds", "4"], 3),
+    "host_overhead": ("host_overhead.py", [], ["--rounds", "1", "--examples", "6400"], 12),
 }
 # Scripts under bench/ that are not run here: script -> why (the docstring says more).
 LEFT_OUT = {

@@ -7,9 +7,12 @@ scalars.
 
 Every epoch gets a fresh distributed pipeline (its own seeded permutation, the phase's global
 batch, re-entered at `position.step` when resuming); the compiled step is the same for every
-batch size. After each update the actions run in order (training/actions/); a `Rewind` from
-the divergence roll-back restarts the epoch's input at the restored position, a `Stop` ends it
-at once (no evaluation).
+batch size. With `train.steps_per_loop = K` one compiled call runs up to K updates
+(steps/many_updates.py) and the actions run at the end of each call, which never crosses the
+epoch's end or an update count an action acts on (`_loop_length`); a signal or a user action's
+condition is seen at the first call boundary after it. After each call the actions run in order
+(training/actions/); a `Rewind` from the divergence roll-back restarts the epoch's input at the
+restored position, a `Stop` ends it at once (no evaluation).
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from keras_largebatch.training.inputs import epoch_inputs, release_in_background
 
 class EpochRunner:
     def __init__(self, *, config, strategy, source, parts, progress, checkpointer, summaries,
-                 actions, evaluate, test_data, train_data, lars):
+                 actions, evaluate, test_data, train_data, lars, steps_per_loop: int = 1):
         self.config, self.strategy, self.source, self.parts = config, strategy, source, parts
         self.progress, self.checkpointer, self.summaries = progress, checkpointer, summaries
         self.actions, self.evaluate, self.lars = list(actions), evaluate, lars
         self.test_data, self.train_data = test_data, train_data
         self.verbose = config.logging.verbose
         self.epoch_end_hook = None  # callable(epoch) after the record, before epoch-end actions
+        self.steps_per_loop = int(steps_per_loop)  # updates per compiled call (at most)
+        self.boundaries = [e for e in (config.logging.every_steps,
+                                       config.checkpointing.every_steps) if e]
 
     # ---- the updates ---------------------------------------------------------------------
     def run(self, epoch: int, phase, position: Position) -> tuple[Position, Stop | None]:
@@ -59,11 +65,15 @@ class EpochRunner:
         bar_every = max(1, steps // 40)
         updates, i = position.updates, skip
         while i < steps:
-            parts.step(inputs["iterator"])
-            updates, i = updates + 1, i + 1
+            k = self._loop_length(i, steps, updates)
+            if self.steps_per_loop == 1:
+                parts.step(inputs["iterator"])
+            else:  # k updates in one compiled call (steps/many_updates.py)
+                parts.step.run_updates(inputs["iterator"], k)
+            updates, i = updates + k, i + k
             if steady_start is None:
                 steady_start, steady_from = time.perf_counter(), i
-            if self.verbose and (i % bar_every == 0 or i == steps):
+            if self.verbose and (i // bar_every > (i - k) // bar_every or i == steps):
                 bar.update(i, list(parts.metrics.result().items()))
             outcome = self._act(StepOutput(updates=updates, epoch=epoch, step=i, steps=steps))
             if isinstance(outcome, Stop):
@@ -85,6 +95,17 @@ class EpochRunner:
         outcome = self._act(StepOutput(updates=updates, epoch=epoch, step=steps, steps=steps,
                                        epoch_end=True))
         return Position(epoch + 1, 0, updates), outcome
+
+    def _loop_length(self, i: int, steps: int, updates: int) -> int:
+        """Updates in the next compiled call: at most `steps_per_loop`, never past the epoch's
+        end nor past the next update at which an action acts on a count (step summaries and
+        the divergence check every `log_every_steps`, a periodic checkpoint every
+        `checkpoint_every_steps`), so every action sees exactly the update counts it would
+        see with one update per call."""
+        k = min(self.steps_per_loop, steps - i)
+        for every in self.boundaries:
+            k = min(k, every - updates % every)
+        return k
 
     def _inputs(self, epoch: int, phase, skip: int) -> dict:
         data = self.config.data

@@ -123,6 +123,8 @@ class OptimizationConfig:
     gradient_noise_scale: bool | None = setting(None, "measure |G|^2, tr(Sigma) and B_simple "
                                                 "(goodput/noise_scale.py); None: where "
                                                 "AdaScale or GoodputBatch needs it")
+    steps_per_loop: int = setting(1, "updates per compiled call (steps/many_updates.py); "
+                                  "actions, signals and checkpoints act between calls")
 
     def __post_init__(self):
         if _positive_int("train.epochs", self.epochs) > MAX_EPOCHS:
@@ -152,6 +154,13 @@ class OptimizationConfig:
         _optional_whole("train.adapt_grad_norm_every", self.adapt_grad_norm_every, 1)
         validate.boolean("train.jit_compile", self.jit_compile)
         validate.one_of("train.precision", self.precision, PRECISIONS)
+        if not validate.is_int(self.steps_per_loop) or self.steps_per_loop < 1:
+            raise UserInputError(f"train.steps_per_loop must be an integer >= 1 (updates per "
+                                 f"compiled call); got {self.steps_per_loop!r}")
+        if self.steps_per_loop > 1 and self.adapt_grad_norm_every:
+            raise UserInputError(f"train.steps_per_loop = {self.steps_per_loop} cannot be "
+                                 f"combined with train.adapt_grad_norm_every (its rescaling "
+                                 f"step is chosen on the host each update); drop one")
 
     @property
     def measures_noise_scale(self) -> bool:

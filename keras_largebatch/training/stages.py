@@ -202,7 +202,8 @@ def train_epochs(config: RunConfig, built: Built, opened: Opened, actions: list)
                          parts=built.parts, progress=built.progress,
                          checkpointer=opened.checkpointer, summaries=summaries,
                          actions=actions, evaluate=built.evaluate, test_data=built.test_data,
-                         train_data=built.train_data, lars=find_lars(built.parts.optimizer))
+                         train_data=built.train_data, lars=find_lars(built.parts.optimizer),
+                         steps_per_loop=config.optimization.steps_per_loop)
     if opened.control is not None:  # a decision re-plans the phases before the epoch-end save
         runner.epoch_end_hook = lambda epoch: _replan(
             opened, opened.control.after_epoch(epoch, opened.checkpointer.history))

@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras_largebatch.optimizers.ba_model import ba_chunk_step
 from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics
+from keras_largebatch.training.steps.many_updates import many_updates
 from keras_largebatch.training.steps.train_step import per_example_loss_fn
 
 
@@ -38,9 +39,14 @@ class BAChunkStep:
         self._epoch_updates = tf.Variable(0.0, name="ba_epoch_updates", **kw)
         self._epoch_batch_sum = tf.Variable(0.0, name="ba_epoch_batch_sum", **kw)
         self._step = tf.function(self._distributed_step)
+        self._loop = many_updates(self._distributed_step)  # train.steps_per_loop > 1
 
     def __call__(self, iterator) -> None:
         self._step(iterator)
+
+    def run_updates(self, iterator, k: int) -> None:
+        """`k` updates in one compiled call (many_updates.py: train.steps_per_loop > 1)."""
+        self._loop(iterator, tf.constant(k, tf.int32))
 
     def reset_epoch(self) -> None:
         self._epoch_updates.assign(0.0)

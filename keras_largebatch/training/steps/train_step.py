@@ -23,6 +23,7 @@ from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
 from keras_largebatch.training.steps.accumulation import accumulate_gradients
 from keras_largebatch.training.steps.grad_norm import estimate_grad_norm_scale
+from keras_largebatch.training.steps.many_updates import many_updates
 from keras_largebatch.training.steps.noise_scale_step import NoiseScaleProbe
 
 
@@ -79,6 +80,7 @@ class TrainStep:
         self._grads_fn = (tf.function(self._loss_and_grads, jit_compile=True)
                           if jit_compile else self._loss_and_grads)
         self._step = tf.function(self._distributed_step)
+        self._loop = many_updates(self._distributed_step)  # train.steps_per_loop > 1
 
     def reset_epoch(self) -> None:
         """Per-epoch statistics of the step itself (none here; see ba_step.py)."""
@@ -104,6 +106,10 @@ class TrainStep:
                 self._rescale_step(iterator)
                 return
         self._step(iterator)
+
+    def run_updates(self, iterator, k: int) -> None:
+        """`k` updates in one compiled call (many_updates.py: train.steps_per_loop > 1)."""
+        self._loop(iterator, tf.constant(k, tf.int32))
 
     def _loss_and_grads(self, images, labels):
         """Forward and backward on one replica's batch (XLA-compiled when jit_compile)."""
