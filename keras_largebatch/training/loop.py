@@ -16,10 +16,12 @@ A new batch phase therefore only means a new input pipeline; the compiled step i
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 from keras_largebatch.errors import as_user_error
 from keras_largebatch.training import stages
@@ -71,17 +73,34 @@ def run(config: RunConfig, *, run_dir: str, components: Components, signals: Sig
         operative_config: Callable[[], str] | None = None,
         strategy: tf.distribute.Strategy | None = None, dry_run: bool = False) -> dict:
     """Train as `config` says (see `train`) under its dtype policy; returns the results dict.
-    The run dir's lock (run_lock.py), taken once every check has passed, is released and the
-    previous dtype policy restored when this returns."""
+    The run dir's lock (run_lock.py), taken once every check has passed, is released, and the
+    previous dtype policy and TensorFlow op determinism restored, when this returns: a run
+    started in a notebook or a test leaves the process as it found it."""
     lock = RunDirLock(run_dir)
     try:
-        with precision_policy(config.optimization.precision):
+        with precision_policy(config.optimization.precision), op_determinism(
+                config.deterministic):
             return _run(config, run_dir=run_dir, components=components, signals=signals,
                         overwrite=overwrite, config_text=config_text,
                         operative_config=operative_config, strategy=strategy,
                         dry_run=dry_run, lock=lock)
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """TensorFlow op determinism on for the block when `enabled` (train.deterministic), then as
+    it was (it is process-wide: Keras also turns XLA off while it is on)."""
+    before = tf_config.is_op_determinism_enabled()
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if tf_config.is_op_determinism_enabled() != before:
+            (tf_config.enable_op_determinism if before
+             else tf_config.disable_op_determinism)()
 
 
 def _run(config: RunConfig, *, run_dir: str, components: Components, signals: SignalCatcher,

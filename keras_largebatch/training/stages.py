@@ -84,13 +84,12 @@ class Opened:
 
 def build_run(config: RunConfig, components: Components, signals: SignalCatcher,
               strategy: tf.distribute.Strategy | None) -> Built:
-    """Checks and seeds; strategy and data; batch phases and LR; model, optimizer, step."""
+    """Checks and seeds; strategy and data; batch phases and LR; model, optimizer, step. (Op
+    determinism, train.deterministic, is set around the whole run: loop.op_determinism.)"""
     o, ckpt = config.optimization, config.checkpointing
     guard = DivergenceGuard(on_divergence=ckpt.on_divergence,
                             loss_upper_bound=ckpt.loss_upper_bound,
                             lr_factor=ckpt.divergence_lr_factor, max_restores=ckpt.max_restores)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or components.make_strategy()
     signals.reclaim()  # MultiWorkerMirroredStrategy's coordination service takes SIGTERM

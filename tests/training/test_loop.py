@@ -44,3 +44,16 @@ def test_micro_batches_that_do_not_split_are_refused_before_training(tmp_path,
         train(run_dir=str(tmp_path / "r"), dataset=fashion_subset(), batch_size=100,
               max_per_replica_batch=40, epochs=1, strategy=one_cpu_strategy, verbose=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_deterministic_run_leaves_op_determinism_as_it_found_it(tmp_path, one_cpu_strategy):
+    """train.deterministic turns on TensorFlow's process-wide op determinism (which also makes
+    Keras refuse XLA) for the run only: a later model.fit(jit_compile=True) in the same process
+    must not find it on."""
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()
+    train(run_dir=str(tmp_path / "run"), dataset=fashion_subset(256, 100), batch_size=64,
+          epochs=1, model_options={"filters": (4,), "dropout": 0.0}, deterministic=True,
+          strategy=one_cpu_strategy, verbose=False)
+    assert not tf_config.is_op_determinism_enabled()
