@@ -155,7 +155,14 @@ def run_on_node(job: Job, threads: int | None) -> int:
     """The body of a run's Ray task: the CLI process on this node; its exit status."""
     proc = start_run(job, run_env(threads), preexec_fn=_die_with_parent)
     try:
-        code = proc.wait()
+        # Wait in Python, not in one blocking waitpid: ray.cancel's KeyboardInterrupt is
+        # delivered between bytecodes, so a plain proc.wait() would only see it after the run.
+        code = None
+        while code is None:
+            try:
+                code = proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
     except BaseException:  # ray.cancel raises KeyboardInterrupt here
         stop_process(proc)
         raise

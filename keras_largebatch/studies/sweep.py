@@ -80,10 +80,6 @@ class _Interrupted(Exception):
     pass
 
 
-def _raise_interrupted(signum, frame):
-    raise _Interrupted(signal.Signals(signum).name)
-
-
 def _lock(sweep_dir: str) -> int:
     """An exclusive flock on <sweep_dir>/.sweep.lock, inherited by the runs it starts, so a
     second sweep is refused while this one or any run it started still lives."""
@@ -216,9 +212,13 @@ def _run_locked(study: Study, *, sweep_dir: str, executor, title: str, python: s
 
     started: dict[str, float] = {}
     total, done = len(queue), 0
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    # The handler only records the signal: raising from it inside ray.wait's C code ends in a
+    # SystemError (seen with Ray 2.60); the loop notices within one poll_s.
+    signals: list[str] = []
+    previous = {s: signal.signal(s, lambda signum, _: signals.append(
+        signal.Signals(signum).name)) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while queue or started:
+        while (queue or started) and not signals:
             while queue and len(started) < executor.capacity:
                 job = queue.pop(0)
                 executor.submit(job)
@@ -234,6 +234,8 @@ def _run_locked(study: Study, *, sweep_dir: str, executor, title: str, python: s
                 echo(f"[{done}/{total}] {name}: {state[name]['status']}{extra} "
                      f"({time.perf_counter() - started.pop(name):.0f} s)")
                 save()
+        if signals:
+            raise _Interrupted(signals[0])
     except (_Interrupted, KeyboardInterrupt) as e:
         echo(f"interrupted ({e or 'SIGINT'}): stopping {len(started)} run(s); rerun the same "
              "command to resume")

@@ -244,6 +244,27 @@ def test_a_run_whose_worker_dies_is_retried_and_resumes_from_its_checkpoint(stud
     assert all(_gone(p) for p in study_runs["held"])
 
 
+@pytest.mark.slow  # one more driver and run on the module's cluster: ~30 s
+def test_sigterm_to_the_driver_stops_the_runs_with_a_checkpoint(ray_cluster, tmp_path):
+    study_file = tmp_path / "long.gin"
+    study_file.write_text(STUDY.replace("'train.epochs': [2, 6]", "'train.epochs': [500]")
+                          .replace("[1e6, 0.05]", "[0.05]"))
+    out, name = tmp_path / "out", "learning_rate=0.05__epochs=500"
+    driver = _driver([f"--gin_file={study_file}", f"--sweep_dir={out}", "--noplot",
+                      "--executor=ray", f"--ray_address={ray_cluster}"], sys.executable)
+    _wait_for(lambda: (out / "logs" / f"{name}.log").exists()
+              and "Epoch 2/500" in _log(out, name) or driver.poll() is not None,
+              "the run's second epoch")
+    driver.send_signal(signal.SIGTERM)
+    output = driver.communicate(timeout=200)[0]
+    assert driver.returncode == 130, output[-3000:]
+    assert "interrupted (SIGTERM): stopping 1 run(s)" in output
+    results = rs.read_results(str(out / name))  # ray.cancel -> the task SIGTERMs its run
+    assert (results["status"], results.get("interrupted_by")) == ("interrupted", "SIGTERM")
+    assert "rerun the same command to resume" in _log(out, name)
+    assert not _processes_with(f"--run_dir={out}/")
+
+
 # ---- Bad input -----------------------------------------------------------------------------------
 
 def test_without_ray_the_ray_executor_names_the_install(tmp_path, monkeypatch):
