@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 
 import gin
@@ -111,7 +112,27 @@ def _naming_bindings(factory: Callable, cls: str) -> Callable:
 
 
 def list_configurables() -> list[str]:
-    """Every configurable a gin file may bind, as its shortest unique name, sorted."""
+    """Every configurable a gin file may bind, as its shortest unique name, and each of its
+    bindable parameters (`train.epochs`, `GoodputBatch.max_batch_size`, ...), sorted."""
     register_configurables()
     registry_ = gin.config._REGISTRY  # noqa: SLF001 - gin has no public listing
-    return sorted(registry_.minimal_selector(selector) for selector, _ in registry_.items())
+    names = []
+    for selector, configurable in registry_.items():
+        name = registry_.minimal_selector(selector)
+        names.append(name)
+        names.extend(f"{name}.{p}" for p in _bindable_parameters(configurable))
+    return sorted(set(names))
+
+
+def _bindable_parameters(configurable) -> list[str]:
+    """The keyword parameters gin lets a config bind (no *args/**kwargs, none denylisted)."""
+    try:
+        signature = inspect.signature(configurable.wrapped)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    deny = set(configurable.denylist or ())
+    allow = set(configurable.allowlist or ())
+    return [p.name for p in signature.parameters.values()
+            if p.kind in kinds and p.name not in deny and p.name != "self"
+            and (not allow or p.name in allow)]
