@@ -134,7 +134,7 @@ def test_all_reaches_every_bench_or_says_why_not():
 # ---- each bench at its smallest size, in this process ---------------------------------------
 
 IN_PROCESS = ["lars", "ghost_bn", "ba", "batch_aug", "phase_switch", "checkpoint", "vs_keras",
-              "loop", "fit_slowdown", "backends"]
+              "loop", "fit_slowdown", "backends", "host_overhead"]
 # A line each bench must print (its result), so a bench that silently skips its work fails.
 RESULT = {
     "lars": r"LARS/SGD step time \d+\.\d{3}",
@@ -149,6 +149,7 @@ RESULT = {
     "backends": r"SGD momentum vs BA-Momentum diagonal .*time ratio: median \d",
     "allocator": r"wall time glibc / tcmalloc: \d+\.\d\dx",
     "startup": r"ratio with / without jax: wall \d+\.\d{3}",
+    "host_overhead": r"framework host overhead at K=4: -?\d+ us per update",
     "noise_scale": r"2 replica\(s\): without \d+\.\d\d ms, with \d+\.\d\d ms per update; "
                    r"with / without \d+\.\d{3}",
 }
