@@ -23,7 +23,8 @@ import sys
 from keras_largebatch.import_hooks import when_imported
 
 MODULES = ("keras_largebatch.layers", "keras_largebatch.optimizers",
-           "keras_largebatch.schedules", "keras_largebatch.goodput")
+           "keras_largebatch.schedules", "keras_largebatch.goodput.adascale",
+           "keras_largebatch.goodput.batch", "keras_largebatch.goodput.optimizer")
 
 
 def register() -> None:

@@ -34,7 +34,8 @@ LIGHT_MODULES = ["keras_largebatch", "keras_largebatch.errors", "keras_largebatc
                  "keras_largebatch.studies.seeds", "keras_largebatch.studies.grid",
                  "keras_largebatch.studies.summary", "keras_largebatch.studies.figures",
                  "keras_largebatch.studies.run_data", "keras_largebatch.studies.plot",
-                 "keras_largebatch.studies.batch_growth", "keras_largebatch.studies.sweep"]
+                 "keras_largebatch.studies.batch_growth", "keras_largebatch.studies.sweep",
+                 "keras_largebatch.goodput", "keras_largebatch.goodput.throughput"]
 
 
 def _heavy(stderr: str) -> list[str]:

@@ -14,29 +14,29 @@ The framework loop measures the noise scale in its train step
 (training/steps/noise_scale_step.py) and drives GoodputBatch (training/goodput_control.py).
 """
 
-from keras_largebatch.goodput.adascale import (
-    AdaScaled,
-    adascale_gain,
-    statistical_efficiency,
-)
-from keras_largebatch.goodput.batch import GoodputBatch
-from keras_largebatch.goodput.noise_scale import (
-    SmoothedGradientStats,
-    b_simple,
-    estimates_from_parts,
-    unbiased_estimates,
-)
-from keras_largebatch.goodput.optimizer import NoiseScaleLogger, NoiseScaleOptimizer
+import importlib
 
-__all__ = [
-    "AdaScaled",
-    "GoodputBatch",
-    "NoiseScaleLogger",
-    "NoiseScaleOptimizer",
-    "SmoothedGradientStats",
-    "adascale_gain",
-    "b_simple",
-    "estimates_from_parts",
-    "statistical_efficiency",
-    "unbiased_estimates",
-]
+# name -> module: loaded on first use (PEP 562), so `throughput` (NumPy only) imports no Keras.
+_WHERE = {
+    "AdaScaled": "adascale", "adascale_gain": "adascale", "statistical_efficiency": "adascale",
+    "GoodputBatch": "batch",
+    "SmoothedGradientStats": "noise_scale", "b_simple": "noise_scale",
+    "estimates_from_parts": "noise_scale", "unbiased_estimates": "noise_scale",
+    "NoiseScaleLogger": "optimizer", "NoiseScaleOptimizer": "optimizer",
+}
+_MODULES = ("adascale", "batch", "noise_scale", "optimizer", "throughput")
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_WHERE, *_MODULES])
+
