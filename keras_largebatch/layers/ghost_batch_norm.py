@@ -37,14 +37,15 @@ of a *virtual* batch, which is what inference should use to match training-time 
 
 **How the groups are formed, XLA included.** No segment ops (TensorFlow's SegmentSum has no
 XLA kernel). A batch size known when the layer is traced (JAX, PyTorch, a static TF batch):
-one reshape to [B // v, v, ...] for the full groups, and a slice of its own for a remainder
-group. A dynamic TF batch (`None`, as in the framework loop and model.fit on TensorFlow):
-`ops.cond(B % v == 0, ...)` between the same reshape and a `tf.split` into full groups and
-remainder. Under XLA (`jit_compile=True`) every batch size is compiled with static shapes, and
-both branches of the cond are compiled for each, so both stay valid for every B (the reshape
-falls back to one group when its branch cannot run) and their gradients need no bounds that
-only exist as values (a split's gradient is a concatenation). The moments are Keras' own,
-per group: `ops.moments` (tf.nn.moments on TensorFlow), or Keras' masked formula.
+one reshape to [B // v, v, ...] for the full groups (Keras' `ops.moments` per group), and a
+slice of its own for a remainder group. A dynamic TF batch (`None`, as in the framework loop
+and model.fit on TensorFlow) is one graph for every B: per-sample sums over the non-feature
+axes, grouped and broadcast back by products with the one-hot membership matrix
+M[i, g] = [i // v = g] ([B, n] x [B, C] matmuls, small next to the activations). Under XLA
+(`jit_compile=True`) each batch size is compiled with static shapes; no shape or bound of
+either path exists only as a value, so forward and backward compile for every B, also inside
+the `cond` below. (A `cond` between a reshape and a split for the remainder compiled too, but
+tripled the first-call graph time of a ResNet-20: BUILD_NOTES "XLA where users turn it on".)
 
 `virtual_batch_size=None`, or a batch no larger than `virtual_batch_size` (one group), runs
 Keras' `BatchNormalization.call` itself, masks included (`ops.cond` when the batch is dynamic),
@@ -183,9 +184,7 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
             out, *update = self._static_groups(x, weights, *divmod(static_batch, vbs))
         else:  # a dynamic batch (TensorFlow only)
             batch = ops.shape(x)[0]
-            out, *update = ops.cond(batch % vbs == 0,
-                                    lambda: self._dynamic_equal_groups(x, weights, batch),
-                                    lambda: self._dynamic_remainder_groups(x, weights, batch))
+            out, *update = self._member_groups(x, weights, batch)
         self._assign_moving(*update, ctx)
         return ops.cast(out, self.compute_dtype)
 
@@ -202,7 +201,8 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
 
     def _static_groups(self, x, weights, full, remainder):
         """`full` groups of v samples, one reshape to [full, v, ...], then (remainder > 0) a
-        last group of the `remainder` samples after them, sliced off (static sizes)."""
+        last group of the `remainder` samples after them, sliced off (static sizes: JAX,
+        PyTorch, a static TF batch)."""
         vbs, rest = self.virtual_batch_size, self._rest(x)
         size = full * vbs
         pieces = [(x, weights, full, vbs)]
@@ -213,30 +213,56 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
                    for values, w, groups, members in pieces if groups]
         return self._finish(*zip(*results))
 
-    def _dynamic_equal_groups(self, x, weights, batch):
-        """B a multiple of v: one reshape to [B / v, v, ...]. Under XLA the branch of the
-        `cond` that does not run is compiled too, so the shape is [1, B, ...] for other B
-        (still a valid reshape; its result is never used)."""
+    def _member_groups(self, x, weights, batch):
+        """Any (dynamic) B in one graph: per-sample sums over the non-batch, non-feature axes,
+        then group sums and the broadcast back to samples as products with the one-hot
+        membership matrix M [B, n] (sample i in group i // v) -- small [B, C] x [B, n]
+        matmuls, which XLA compiles for every B, forward and backward, inside a `cond` too.
+        The moments are Keras' (masked) moments of each group; without a mask, as
+        tf.nn.moments does, the variance is taken around a mean held constant for the gradient
+        (the same gradient: d var / d mean = 0)."""
         vbs = self.virtual_batch_size
-        groups = ops.where(batch % vbs == 0, batch // vbs, 1)
-        return self._finish(*zip(self._normalize(x, weights, groups, batch // groups,
-                                                 self._rest(x))))
+        ndim = len(x.shape)
+        feature = self.axis % ndim
+        other = [a for a in range(1, ndim) if a != feature]
+        channels = x.shape[feature]
+        dtype = x.dtype
+        groups = (batch + vbs - 1) // vbs
+        members = ops.one_hot(ops.arange(batch) // vbs, groups, dtype=dtype)  # M [B, n]
 
-    def _dynamic_remainder_groups(self, x, weights, batch):
-        """B not a multiple of v (or any B, under XLA): `tf.split` into the full groups and
-        the rest, each normalised as in `_static_groups`. A split, not slices: the gradient
-        of a split is a concatenation, which XLA compiles from shapes alone (the gradient of
-        a slice needs its bounds as constants, which a `cond`'s gradient does not have)."""
-        import tensorflow as tf
+        def per_sample(t):  # [B, ...] -> [B, C]
+            t = ops.sum(t, axis=other) if other else t
+            return ops.reshape(t, [-1, channels])
 
-        vbs, rest = self.virtual_batch_size, self._rest(x)
-        full = batch // vbs
-        sizes = tf.stack([full * vbs, batch - full * vbs])
-        heads = tf.split(x, sizes)
-        masks = [None, None] if weights is None else tf.split(weights, sizes)
-        results = [self._normalize(heads[0], masks[0], full, vbs, rest),
-                   self._normalize(heads[1], masks[1], 1, sizes[1], rest)]
-        return self._finish(*zip(*results))
+        def to_samples(per_group):  # [n, C] -> broadcastable to x
+            rows = ops.matmul(members, per_group)
+            return ops.reshape(rows, [-1] + [channels if a == feature else 1
+                                             for a in range(1, ndim)])
+
+        if weights is None:
+            size = 1
+            for a in other:
+                size = size * ops.shape(x)[a]
+            counts = ops.expand_dims(ops.sum(members, axis=0), -1) * ops.cast(size, dtype)
+            sums = per_sample(x)
+        else:
+            counts = ops.matmul(ops.transpose(members), per_sample(ops.cast(weights, dtype)))
+            counts = counts + keras.backend.epsilon()
+            sums = per_sample(ops.where(weights, x, 0))
+        mean = ops.matmul(ops.transpose(members), sums) / counts
+        if weights is None:
+            diff = x - to_samples(ops.stop_gradient(mean))
+        else:  # Keras' masked moments differentiate through the mean
+            diff = ops.where(weights, x - to_samples(mean), 0)
+        variance = ops.matmul(ops.transpose(members), per_sample(ops.square(diff))) / counts
+        inv = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            inv = inv * ops.cast(self.gamma, dtype)
+        shift = -mean * inv
+        if self.center:
+            shift = shift + ops.cast(self.beta, dtype)
+        out = x * to_samples(inv) + to_samples(shift)
+        return (out, *self._moving_increments(mean, variance))
 
     def _normalize(self, x, weights, groups, members, rest):
         """Batch norm of [groups * members, ...] samples per group of `members`: (output
