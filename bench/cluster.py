@@ -34,14 +34,18 @@ Printed, in one run:
     the compute time alone.
  2. the experiment (--parts experiment) at every rate in --experiment_rates:
     adabatch (seed 000): ResNet-20 on --examples Fashion-MNIST images, fixed 128, fixed 1024
-      and AdaBatch 128 -> 1024 (x2 every --epochs/4 epochs, LR x0.75; fixed runs LR x0.375);
+      and AdaBatch 128 -> 1024 (x2 every --epochs/4 epochs, LR x0.75; fixed runs LR x0.375),
+      and GoodputBatch 128..1024 (fixed 128's LR schedule with AdaScale's gain; the batch
+      chosen at each epoch end from the measured noise scale and step times);
     lars (seed 004): LARS at fixed 4096 vs momentum SGD at 128 (lars_fashion_mnist.gin's
       schedule, 1 warm-up epoch).
     Time = sum of the runs' `epoch_time_s` (training steps only: no evaluation, no start-up),
     with epoch 1 of each run replaced by the median epoch time of later epochs at the same
     batch and rate (any run of the experiment); marked * where no such epoch exists. Also
     printed: results.json `wall_time_s` (all epochs, with evaluation), `final_test_accuracy`,
-    the speed-up over the baseline (fixed 128 / sgd 128).
+    the speed-up over the baseline (fixed 128 / sgd 128), and the time to reach the baseline's
+    final test accuracy minus 0.5 points (the same epoch times, summed up to the first epoch
+    whose test accuracy reaches it; "-" if none does).
  3. a cost model (bench/cost_model.py) fitted to every steady epoch measured above, its
     prediction next to each measured row, and its prediction for the cluster named by
     --predict_workers, --predict_rate, --predict_params (default: the measured one).
@@ -112,6 +116,12 @@ def experiment(name: str, epochs: int) -> Experiment:
             RunSpec("fixed 1024", ADABATCH_GIN, fixed_bindings(1024, k)),
             RunSpec("adabatch 128->1024", ADABATCH_GIN,
                     [f"AdaBatch.interval_epochs = {k}", "AdaBatch.max_batch_size = 1024"]),
+            # Nothing set by hand but the bounds: fixed 128's LR schedule, AdaScale's gain on
+            # whatever batch goodput picks (goodput/batch.py).
+            RunSpec("goodput 128..1024", ADABATCH_GIN,
+                    ["train.batch_schedule = @GoodputBatch()", "GoodputBatch.min_batch_size = 128",
+                     "GoodputBatch.max_batch_size = 1024", "train.lr_scaling = 'adascale'",
+                     *fixed_bindings(128, k)[2:]]),
         ], baseline="fixed 128", headline="adabatch 128->1024")
     common = [f"PolynomialDecay.total_epochs = {epochs}", "LinearWarmup.warmup_epochs = 1"]
     return Experiment(name, [
@@ -256,7 +266,7 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, default=1800, help="seconds per training run")
     p.add_argument("--python", default=sys.executable, help="python of the workers")
     args = p.parse_args(argv)
-    if args.smoke:  # the smallest run: 3 two-worker runs of a tiny CNN (the slow test's)
+    if args.smoke:  # the smallest run: 4 two-worker runs of a tiny CNN (the slow test's)
         for name, value in SMOKE.items():
             setattr(args, name, [*value, *args.gin_bindings] if name == "gin_bindings" else value)
     args.parts = {x.strip() for x in args.parts.split(",") if x.strip()}

@@ -29,6 +29,7 @@ class Measured:
     rate: str | None
     results: dict
     time_s: float = 0.0
+    epoch_times: list[float] = field(default_factory=list)   # epoch 1 replaced (fill_times)
     estimated_first: bool = False
     batches: list[int] = field(default_factory=list)
 
@@ -57,7 +58,18 @@ def fill_times(runs: list[Measured]) -> None:
         m.estimated_first = first["batch_size"] not in later
         t1 = (first["epoch_time_s"] if m.estimated_first
               else statistics.median(later[first["batch_size"]]))
-        m.time_s = t1 + sum(e["epoch_time_s"] for e in epochs[1:])
+        m.epoch_times = [t1, *(e["epoch_time_s"] for e in epochs[1:])]
+        m.time_s = sum(m.epoch_times)
+
+
+def time_to_accuracy(m: Measured, target: float) -> float | None:
+    """Training time until the first epoch whose test accuracy reaches `target` (None: never)."""
+    total = 0.0
+    for e, t in zip(m.results["epochs"], m.epoch_times):
+        total += t
+        if e["test_accuracy"] >= target:
+            return total
+    return None
 
 
 def observations(runs: list[Measured], params: int) -> list:
@@ -101,20 +113,25 @@ def report(args, params: int, scaling: dict, single: Measured | None, exp,
                   f"examples, {w} workers; time = sum of epoch_time_s, epoch 1 replaced by the "
                   "median later epoch at its batch (* = not available, raw epoch 1)",
                   f"{'link':>10} {'run':<20} {'batch per epoch':<22} {'time s':>8} "
-                  f"{'wall s':>7} {'test acc':>8} {'speed-up':>9} {'model: time s':>14} "
-                  f"{'speed-up':>9}"]
+                  f"{'wall s':>7} {'test acc':>8} {'speed-up':>9} {'to target s':>11} "
+                  f"{'model: time s':>14} {'speed-up':>9}"]
         for rate, runs in exp_runs.items():
             bps = netns.parse_rate(rate)
             base = next(m for m in runs if m.label == exp.baseline)
+            target = base.results["final_test_accuracy"] - 0.005
             pbase = model.run_time(w, base.batches, args.examples, bps, params)
             for m in runs:
                 pt = model.run_time(w, m.batches, args.examples, bps, params)
                 star = "*" if m.estimated_first else " "
+                reach = time_to_accuracy(m, target)
                 lines.append(
                     f"{rate:>10} {m.label:<20} {','.join(map(str, m.batches)):<22} "
                     f"{m.time_s:7.1f}{star} {m.results['wall_time_s']:7.1f} "
                     f"{m.results['final_test_accuracy']:8.4f} {base.time_s / m.time_s:8.2f}x "
+                    f"{'-' if reach is None else f'{reach:.1f}':>11} "
                     f"{pt:14.1f} {pbase / pt:8.2f}x")
+            lines.append(f"{'':>10} target: {exp.baseline}'s final test accuracy - 0.5 points "
+                         f"= {target:.4f}")
 
     pw_, prate = args.predict_workers or w, args.predict_rate
     pparams = args.predict_params or params

@@ -301,7 +301,8 @@ def test_tiny_two_worker_run_over_a_shaped_link():
     assert re.fullmatch(r"adabatch speed-up over fixed 128: \d+\.\d\dx at 100mbit "
                         r"\(accuracy \d\.\d{4} vs \d\.\d{4}\)", lines[-1]), lines[-1]
     assert "3. cost model" in proc.stdout
-    assert len(workers_logs) == 3  # one per 2-worker run, kept
+    assert len(workers_logs) == 4  # one per 2-worker run (fixed 128, 1024, AdaBatch, goodput)
+    assert re.search(r"goodput 128\.\.1024 +128,", proc.stdout)  # its first epoch at the minimum
     assert _state() == before
 
 
@@ -410,3 +411,29 @@ def test_a_worker_user_that_cannot_reach_the_work_folder_is_one_error_line(tmp_p
         errors[0] and "--worker_user=root" in errors[0]
     assert "Traceback" not in proc.stderr
     assert _state() == before
+
+
+def test_time_to_accuracy_sums_the_filled_epoch_times_up_to_the_first_hit():
+    import cluster_report
+
+    def run(label, accuracies, times, batch=128):
+        epochs = [{"batch_size": batch, "epoch_time_s": t, "test_accuracy": a}
+                  for a, t in zip(accuracies, times)]
+        return cluster_report.Measured(label, 2, "100mbit", {"epochs": epochs})
+
+    slow = run("a", [0.70, 0.80, 0.86], [50.0, 10.0, 10.0])
+    fast = run("b", [0.75, 0.86, 0.87], [40.0, 8.0, 8.0])
+    cluster_report.fill_times([slow, fast])
+    assert slow.epoch_times == [9.0, 10.0, 10.0]  # epoch 1: median of 10, 10, 8, 8 at batch 128
+    assert cluster_report.time_to_accuracy(slow, 0.855) == pytest.approx(29.0)
+    assert cluster_report.time_to_accuracy(fast, 0.855) == pytest.approx(17.0)  # 9 + 8
+    assert cluster_report.time_to_accuracy(slow, 0.9) is None
+
+
+def test_the_adabatch_experiment_has_a_goodput_arm_that_sets_only_its_bounds():
+    exp = cluster.experiment("adabatch", 4)
+    goodput = next(r for r in exp.runs if r.label.startswith("goodput"))
+    assert "train.batch_schedule = @GoodputBatch()" in goodput.bindings
+    assert "train.lr_scaling = 'adascale'" in goodput.bindings
+    fixed = next(r for r in exp.runs if r.label == "fixed 128")
+    assert set(fixed.bindings[2:]) <= set(goodput.bindings)   # fixed 128's LR schedule
