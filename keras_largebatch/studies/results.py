@@ -62,6 +62,11 @@ FULL_TRAIN_LOSS = "full_train_loss"        # on the whole training set (train.ev
 FULL_TRAIN_ACCURACY = "full_train_accuracy"
 SAMPLES_PER_SECOND = "samples_per_second"
 EPOCH_TIME_S = "epoch_time_s"
+VALIDATION_LOSS = "validation_loss"        # on train.validation_examples, if held out
+VALIDATION_ACCURACY = "validation_accuracy"
+BEST_VALIDATION_ACCURACY = "best_validation_accuracy"
+BEST_VALIDATION_EPOCH = "best_validation_epoch"                # 1-based, first of a tie
+TEST_AT_BEST_VALIDATION = "test_accuracy_at_best_validation"   # the choice a study reports
 STEP_TIME_S = "step_time_s"                # per update, the epoch's first update left out
 REPLICAS_KEY = "replicas"                  # replicas in sync that trained the epoch
 GOODPUT_DECISION = "goodput_decision"      # GoodputBatch's decision after the epoch, if any
@@ -178,6 +183,18 @@ def check_results(data: dict, where: str = RESULTS_FILE) -> None:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validation_choice(history: list[dict]) -> dict:
+    """The epoch chosen on validation (highest validation accuracy, the first of a tie) and
+    the test accuracy there; {} when the run held no validation split out."""
+    scored = [(h[VALIDATION_ACCURACY], -i, h) for i, h in enumerate(history)
+              if h.get(VALIDATION_ACCURACY) is not None]
+    if not scored:
+        return {}
+    accuracy, _, best = max(scored, key=lambda t: (t[0], t[1]))
+    return {BEST_VALIDATION_ACCURACY: accuracy, BEST_VALIDATION_EPOCH: best[EPOCH],
+            TEST_AT_BEST_VALIDATION: best[TEST_ACCURACY]}
 
 
 def epoch_records(results: dict) -> list[EpochRecord]:

@@ -32,11 +32,13 @@ from keras_largebatch.training.inputs import epoch_inputs, release_in_background
 
 class EpochRunner:
     def __init__(self, *, config, strategy, source, parts, progress, checkpointer, summaries,
-                 actions, evaluate, test_data, train_data, lars, steps_per_loop: int = 1):
+                 actions, evaluate, test_data, train_data, lars, steps_per_loop: int = 1,
+                 validation_data=None):
         self.config, self.strategy, self.source, self.parts = config, strategy, source, parts
         self.progress, self.checkpointer, self.summaries = progress, checkpointer, summaries
         self.actions, self.evaluate, self.lars = list(actions), evaluate, lars
         self.test_data, self.train_data = test_data, train_data
+        self.validation_data = validation_data  # train.validation_examples (data/validation.py)
         self.verbose = config.logging.verbose
         self.epoch_end_hook = None  # callable(epoch) after the record, before epoch-end actions
         self.steps_per_loop = int(steps_per_loop)  # updates per compiled call (at most)
@@ -136,6 +138,8 @@ class EpochRunner:
         train_result = parts.metrics.result()
         test_result = self.evaluate(self.test_data)
         full = self.evaluate(self.train_data) if self.train_data is not None else None
+        val = (self.evaluate(self.validation_data) if self.validation_data is not None
+               else None)
         record = {
             rs.EPOCH: epoch + 1,
             rs.TRAIN_LOSS: train_result["loss"],
@@ -150,6 +154,8 @@ class EpochRunner:
             **parts.step.epoch_scalars(),
             **({rs.FULL_TRAIN_LOSS: full["loss"],
                 rs.FULL_TRAIN_ACCURACY: full["accuracy"]} if full else {}),
+            **({rs.VALIDATION_LOSS: val["loss"],
+                rs.VALIDATION_ACCURACY: val["accuracy"]} if val else {}),
             rs.SAMPLES_PER_SECOND: (steps - skip) * phase.batch_size / epoch_time,
             rs.EPOCH_TIME_S: epoch_time,
             rs.STEP_TIME_S: step_time,
@@ -165,6 +171,8 @@ class EpochRunner:
             "effective_batch_size": phase.batch_size * repeats, "repeats": repeats,
             **({"train_full/loss": full["loss"],
                 "train_full/accuracy": full["accuracy"]} if full else {}),
+            **({"validation/loss": val["loss"],
+                "validation/accuracy": val["accuracy"]} if val else {}),
             **({"train/gradient_norm": record[rs.GRADIENT_NORM]}
                if record[rs.GRADIENT_NORM] is not None else {}),
             **parts.step.epoch_scalars(),

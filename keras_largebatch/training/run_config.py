@@ -77,6 +77,9 @@ class DataConfig:
     eval_batch_size: int = setting(1000, "samples per evaluation batch")
     eval_train_set: bool = setting(False, "also evaluate the loss on the whole training set "
                                    "every epoch (seed 002's training-loss curves)")
+    validation_examples: int | None = setting(None, "hold the last N training examples out "
+                                              "as a validation split, evaluated every epoch "
+                                              "(data/validation.py); None: none")
 
     def __post_init__(self):
         if not validate.is_int(self.repeats) or self.repeats < 1:
@@ -86,6 +89,7 @@ class DataConfig:
             raise UserInputError(f"train.augment must be a policy name ('standard', 'cutout', "
                                  f"'inception'), a callable or None; got {self.augment!r}")
         validate.boolean("train.eval_train_set", self.eval_train_set)
+        _optional_whole("train.validation_examples", self.validation_examples, 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from keras_largebatch.data import DataSource, get_source
 from keras_largebatch.data.eval_inputs import eval_dataset_fn
+from keras_largebatch.data.validation import hold_out
 from keras_largebatch.goodput.adascale import AdaScaled
 from keras_largebatch.optimizers.lars_callback import find_lars
 from keras_largebatch.schedules.progress import Progress, default_progress
@@ -59,6 +60,7 @@ class Built:
     evaluate: Callable
     test_data: object
     train_data: object
+    validation_data: object = None
 
     @property
     def replicas(self) -> int:
@@ -96,6 +98,9 @@ def build_run(config: RunConfig, components: Components, signals: SignalCatcher,
     replicas = strategy.num_replicas_in_sync
     source = (config.data.dataset if isinstance(config.data.dataset, DataSource)
               else get_source(config.data.dataset, sources=components.sources))
+    held_out = None
+    if config.data.validation_examples:  # the last N training examples (data/validation.py)
+        source, held_out = hold_out(source, config.data.validation_examples)
     phases = build.plan_phases(config, source, replicas)
     learning_rate = build.resolve_learning_rate(
         o.learning_rate, build.batch_schedule_of(config), phases, lr_scaling=o.lr_scaling,
@@ -112,7 +117,9 @@ def build_run(config: RunConfig, components: Components, signals: SignalCatcher,
                  evaluate=build.evaluate_fn(parts.model, strategy),  # replicas and workers
                  test_data=eval_dataset_fn(source, split="test", batch_size=batch),
                  train_data=(eval_dataset_fn(source, split="train", batch_size=batch)
-                             if config.data.eval_train_set else None))
+                             if config.data.eval_train_set else None),
+                 validation_data=(None if held_out is None else
+                                  eval_dataset_fn(held_out, split="test", batch_size=batch)))
 
 
 def dry_run_summary(config: RunConfig, built: Built) -> dict:
@@ -201,7 +208,8 @@ def train_epochs(config: RunConfig, built: Built, opened: Opened, actions: list)
                          parts=built.parts, progress=built.progress,
                          checkpointer=opened.checkpointer, summaries=summaries,
                          actions=actions, evaluate=built.evaluate, test_data=built.test_data,
-                         train_data=built.train_data, lars=find_lars(built.parts.optimizer),
+                         train_data=built.train_data, validation_data=built.validation_data,
+                         lars=find_lars(built.parts.optimizer),
                          steps_per_loop=config.optimization.steps_per_loop)
     if opened.control is not None:  # a decision re-plans the phases before the epoch-end save
         runner.epoch_end_hook = lambda epoch: _replan(
@@ -253,6 +261,7 @@ def finish(config: RunConfig, built: Built, opened: Opened, stop: Stop | None, r
         rs.WALL_TIME_S: wall_time_s,
         "trace_count": built.parts.step.trace_count,
         rs.RESTORES: checkpointer.state.restores,
+        **rs.validation_choice(history),
         rs.WEIGHTS_SHA256: weights_sha256,
         **(stop.fields if stop else {}),
     }
