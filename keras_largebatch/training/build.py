@@ -29,6 +29,7 @@ from keras_largebatch.schedules import (
 )
 from keras_largebatch.training.components import Components
 from keras_largebatch.training.inputs import epoch_inputs, release_in_background
+from keras_largebatch.training.jit_settings import check_jit_settings
 from keras_largebatch.training.metrics import RunningMetrics, masked_example_stats
 from keras_largebatch.training.optimizer_factory import create_optimizer
 from keras_largebatch.training.precision import float32_outputs, loss_scaled
@@ -147,6 +148,7 @@ def build_parts(config: RunConfig, components: Components, strategy: tf.distribu
     if isinstance(augment, str):  # a policy name (data/augment.py); options are gin bindings
         augment = components.make_augment(augment, input_shape=source.input_shape,
                                           mean=source.mean)
+    check_jit_settings(net, opt, jit_compile=o.jit_compile, deterministic=config.deterministic)
     if isinstance(opt, BAMomentum):  # seed 002: the optimizer picks each update's batch
         check_ba_settings(opt, config)
         if opt.dataset_size is None:
