@@ -305,7 +305,9 @@ def test_a_dead_ray_address_is_refused_at_once(tmp_path):
     with pytest.raises(UserInputError, match=f"--ray_address=127.0.0.1:{port}: nothing answers"):
         sw.run_sweep(grid.sweep(grid={"train.learning_rate": [0.1]}),
                      sweep_dir=str(tmp_path / "out"), ray=RayOptions(address=f"127.0.0.1:{port}"))
-    assert time.monotonic() - start < 15  # the connect's own timeout is 10 s
+    # Refused at the sweep's own connect (10 s timeout at most), not after Ray's minutes of
+    # retries: a bound far above the first, far below the second, so machine speed cannot fail it.
+    assert time.monotonic() - start < 120
     assert not (tmp_path / "out").exists()
 
 
