@@ -15,7 +15,8 @@ BN / BA-Momentum through plain model.fit on the current Keras backend (backends.
 vs glibc's malloc under a real CLI run (allocator.py), and a TensorFlow process's start-up with
 and without jax importable (startup.py), the gradient-noise-scale probe in the train step
 (noise_scale_overhead.py), and the host's time per update at K updates per compiled call on a
-~1 ms step (host_overhead.py). Before and after each it prints the 1-minute load
+~1 ms step (host_overhead.py), and where BA-Momentum's extra time per chunk goes
+(ba_parts.py). Before and after each it prints the 1-minute load
 average: absolute throughputs on a shared machine are distorted, the ratios are the output.
 Ends with one summary line per benchmark (its last lines) and exits 1 if any bench failed.
 `--quick` shortens each (fewer rounds/steps/examples) for a first look; `--smoke` runs each at
@@ -59,6 +60,7 @@ BENCHES = {
     "startup": ("startup.py", [], ["--rounds", "2"], 4),
     "noise_scale": ("noise_scale_overhead.py", [], ["--rounds", "4"], 3),
     "host_overhead": ("host_overhead.py", [], ["--rounds", "1", "--examples", "6400"], 12),
+    "ba_parts": ("ba_parts.py", [], ["--rounds", "2", "--chunks", "10"], 10),
 }
 # Scripts under bench/ that are not run here: script -> why (the docstring says more).
 LEFT_OUT = {

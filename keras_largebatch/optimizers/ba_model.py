@@ -223,6 +223,9 @@ class BAModel(BATrainStep, keras.Model):
     def __init__(self, model: keras.Model, **kwargs):
         super().__init__(**kwargs)
         self.model = model
+        # Never XLA (Keras' jit_compile="auto" turns it on where a GPU is): BAMomentum's state
+        # updates go through merge_call and XLA drops its non-finite-loss assert (BUILD_NOTES).
+        self.supports_jit = False
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)

@@ -134,7 +134,7 @@ def test_all_reaches_every_bench_or_says_why_not():
 # ---- each bench at its smallest size, in this process ---------------------------------------
 
 IN_PROCESS = ["lars", "ghost_bn", "ba", "batch_aug", "phase_switch", "checkpoint", "vs_keras",
-              "loop", "fit_slowdown", "backends", "host_overhead"]
+              "loop", "fit_slowdown", "backends", "host_overhead", "ba_parts"]
 # A line each bench must print (its result), so a bench that silently skips its work fails.
 RESULT = {
     "lars": r"LARS/SGD step time \d+\.\d{3}",
@@ -150,6 +150,7 @@ RESULT = {
     "allocator": r"wall time glibc / tcmalloc: \d+\.\d\dx",
     "startup": r"ratio with / without jax: wall \d+\.\d{3}",
     "host_overhead": r"framework host overhead at K=4: -?\d+ us per update",
+    "ba_parts": r"diagonal: ba_full +wall +\d+\.\d\d ms +CPU +\d+\.\d\d ms +CPU / plain \d",
     "noise_scale": r"2 replica\(s\): without \d+\.\d\d ms, with \d+\.\d\d ms per update; "
                    r"with / without \d+\.\d{3}",
 }

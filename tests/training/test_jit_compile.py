@@ -194,3 +194,15 @@ def test_what_xla_cannot_compile_is_refused_before_anything_is_written(kwargs, n
     assert needle in message and "train.jit_compile = True" in message and "\n" not in message
     assert not run_dir.exists()
 
+
+
+def test_bamodel_never_asks_keras_for_xla():
+    """Keras' jit_compile="auto" turns XLA on where a GPU is; BAModel must stay out of it (its
+    non-finite-loss assert would be dropped). Keras decides through model_supports_jit."""
+    import keras
+    from keras.src.trainers.trainer import model_supports_jit
+
+    from keras_largebatch.optimizers import BAModel
+
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    assert model_supports_jit(net) and not model_supports_jit(BAModel(net))
