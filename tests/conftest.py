@@ -16,6 +16,8 @@ tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
 
+from keras_largebatch.training.strategy import mirrored  # noqa: E402
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -23,14 +25,14 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 def two_cpu_strategy():
     """A real MirroredStrategy over two logical CPU devices."""
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    return tf.distribute.MirroredStrategy(devices)
+    return mirrored(devices)  # the process's one strategy over them (training/strategy.py)
 
 
 @pytest.fixture(scope="session")
 def one_cpu_strategy():
     """A MirroredStrategy over one CPU device (same code path, one replica)."""
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:1]
-    return tf.distribute.MirroredStrategy(devices)
+    return mirrored(devices)  # the process's one strategy over them (training/strategy.py)
 
 
 def pytest_runtest_setup(item):

@@ -74,6 +74,25 @@ def _use_logical_cpus(n: int) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("CPU")][:n]
 
 
+_MIRRORED: dict[tuple[str, ...], tf.distribute.MirroredStrategy] = {}
+
+
+def mirrored(devices) -> tf.distribute.MirroredStrategy:
+    """The process's one MirroredStrategy over `devices`, created on first use.
+
+    Each strategy object numbers its collective all-reduces from the same start, and two
+    strategies over the same devices give two different collectives the same instance key:
+    TensorFlow then aborts the second ("Collective instance N expected type ... but got ...") and
+    every collective after it in the process ("Restart your program to reset"). So a process
+    that trains more than once (tests in-process, a notebook, a sweep in one Python) must reuse
+    the strategy; variables, datasets and functions are made under it per run as usual.
+    """
+    key = tuple(devices)
+    if key not in _MIRRORED:
+        _MIRRORED[key] = tf.distribute.MirroredStrategy(list(key))
+    return _MIRRORED[key]
+
+
 def make_strategy(*, num_cpu_replicas: int = 0, connect_timeout_s: float = 300,
                   collective_timeout_s: float | None = 120) -> tf.distribute.Strategy:
     """MultiWorkerMirrored if TF_CONFIG is set, else Mirrored over GPUs or CPU devices.
@@ -99,11 +118,11 @@ def make_strategy(*, num_cpu_replicas: int = 0, connect_timeout_s: float = 300,
             lambda: tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
             cfg["cluster"]["worker"], int(cfg["task"]["index"]), timeout_s=connect_timeout_s)
     if num_cpu_replicas:
-        return tf.distribute.MirroredStrategy(_use_logical_cpus(num_cpu_replicas))
+        return mirrored(_use_logical_cpus(num_cpu_replicas))
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
-        return tf.distribute.MirroredStrategy([d.name for d in gpus])
-    return tf.distribute.MirroredStrategy([tf.config.list_logical_devices("CPU")[0].name])
+        return mirrored([d.name for d in gpus])
+    return mirrored([tf.config.list_logical_devices("CPU")[0].name])
 
 
 def workers() -> tuple[list[str], int]:
