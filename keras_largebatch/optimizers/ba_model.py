@@ -223,9 +223,10 @@ class BAModel(BATrainStep, keras.Model):
     def __init__(self, model: keras.Model, **kwargs):
         super().__init__(**kwargs)
         self.model = model
-        # Never XLA (Keras' jit_compile="auto" turns it on where a GPU is): BAMomentum's state
-        # updates go through merge_call and XLA drops its non-finite-loss assert (BUILD_NOTES).
-        self.supports_jit = False
+        # On TensorFlow never XLA (Keras' jit_compile="auto" turns it on where a GPU is):
+        # BAMomentum's state updates go through merge_call and XLA drops its non-finite-loss
+        # assert (BUILD_NOTES). On JAX the step is built to be jitted (ba_model_jax.py).
+        self.supports_jit = keras.backend.backend() != "tensorflow"
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)

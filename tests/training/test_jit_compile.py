@@ -196,9 +196,10 @@ def test_what_xla_cannot_compile_is_refused_before_anything_is_written(kwargs, n
 
 
 
-def test_bamodel_never_asks_keras_for_xla():
-    """Keras' jit_compile="auto" turns XLA on where a GPU is; BAModel must stay out of it (its
-    non-finite-loss assert would be dropped). Keras decides through model_supports_jit."""
+def test_bamodel_never_asks_keras_for_xla_on_tensorflow():
+    """Keras' jit_compile="auto" turns XLA on where a GPU is; on TensorFlow BAModel must stay
+    out of it (its non-finite-loss assert would be dropped; on JAX its step is jitted by design:
+    tests/optimizers/test_ba_jax.py). Keras decides through model_supports_jit."""
     import keras
     from keras.src.trainers.trainer import model_supports_jit
 
