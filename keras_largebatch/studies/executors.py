@@ -85,7 +85,10 @@ def start_run(job: Job, env: dict[str, str], *, pass_fds=(), preexec_fn=None
                                 env=env, cwd=job.cwd, pass_fds=pass_fds, preexec_fn=preexec_fn)
 
 
-def stop_process(proc: subprocess.Popen, grace_s: float = 60) -> None:
+STOP_GRACE_S = 300  # seconds a stopped run gets to checkpoint before SIGKILL
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM (the CLI checkpoints and exits), then SIGKILL after `grace_s`."""
     if proc.poll() is None:
         proc.terminate()
@@ -243,7 +246,11 @@ class RayExecutor:
         """Cancel every task (each stops its CLI with SIGTERM: a checkpoint); their names."""
         for ref in self._active:
             self._ray.cancel(ref, force=False)
-        self._ray.wait(list(self._active), num_returns=len(self._active), timeout=90)
+        # Each task gives its run STOP_GRACE_S to checkpoint (stop_process); wait for all of
+        # them a little longer, so a loaded node's slow save is not cut short by the driver
+        # shutting Ray down (its worker's death would SIGTERM the run a second time: no save).
+        self._ray.wait(list(self._active), num_returns=len(self._active),
+                       timeout=STOP_GRACE_S + 60)
         names, self._active = list(self._active.values()), {}
         return names
 
