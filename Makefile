@@ -55,11 +55,8 @@ bench: install $(JAX_PACKAGES)/.installed
 # module fixture (e.g. the bad-input CLI runs) runs once. TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 2
 
-# Tests marked `serial` run first, alone (one of them fails under the parallel part's load:
-# BUILD_NOTES "Known limits"), then everything else on TEST_WORKERS workers.
 test: lint $(JAX_PACKAGES)/.installed
-	$(PRELOAD) $(PY) -m pytest -m serial $(PYTEST_ARGS)
-	$(PRELOAD) $(PY) -m pytest -m "not serial" $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
+	$(PRELOAD) $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JAX_PACKAGES) *.egg-info .pytest_cache .ruff_cache

@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from keras_largebatch import validate
@@ -154,8 +155,20 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _interruptible() -> None:
+    """Let ray.cancel interrupt this task. Ray interrupts a running task the way Ctrl-C would
+    (SIGINT to the main thread), which Python ignores when the worker inherited SIGINT as
+    ignored: Ray started from a background job of a non-interactive shell (`ray start ... &`,
+    a `make test` run in the background). The run then trained on to its end (seen: a
+    500-epoch run 'completed' after the driver's SIGTERM). Put Python's handler back."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL)):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_on_node(job: Job, threads: int | None) -> int:
     """The body of a run's Ray task: the CLI process on this node; its exit status."""
+    _interruptible()
     proc = start_run(job, run_env(threads), preexec_fn=_die_with_parent)
     try:
         # Wait in Python, not in one blocking waitpid: ray.cancel's KeyboardInterrupt is
