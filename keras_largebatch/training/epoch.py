@@ -88,7 +88,8 @@ class EpochRunner:
                 inputs = self._inputs(epoch, phase, i)
         release_in_background(inputs)  # destroying an iterator can block: see inputs.py
         end = time.perf_counter()
-        step_time = ((end - steady_start) / (steps - steady_from) if steps > steady_from
+        step_time = ((end - steady_start) / (steps - steady_from)
+                     if steady_start is not None and steps > steady_from
                      else (end - epoch_start) / max(steps - skip, 1))
         self._record(epoch, phase, steps, skip, epoch_lr, end - epoch_start, step_time)
         if self.epoch_end_hook is not None:  # e.g. GoodputBatch's decision, before the save
