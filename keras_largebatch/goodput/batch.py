@@ -68,14 +68,14 @@ class Decision:
 
 
 def optimal_batch(candidates, model: CostModel, *, workers: int, g2: float, trace: float,
-                  base_batch: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """argmax over `candidates` of goodput; returns (batch, throughputs, efficiencies)."""
+                  base_batch: int) -> tuple[int, float, float]:
+    """argmax over `candidates` of goodput: (batch, its throughput, its efficiency)."""
     batches = np.asarray(sorted(set(int(b) for b in candidates)), dtype=np.float64)
     times = np.array([model.step_time(workers, b, None, 0) for b in batches])
     throughput = batches / np.maximum(times, 1e-12)
     efficiency = statistical_efficiency(batches, g2, trace, base_batch)
     best = int(np.argmax(throughput * efficiency))
-    return int(batches[best]), throughput, efficiency
+    return int(batches[best]), float(throughput[best]), float(efficiency[best])
 
 
 @keras.saving.register_keras_serializable(package="keras_largebatch")
@@ -185,11 +185,9 @@ class GoodputBatch(BatchSchedule):
             b_noise = trace / g2 if g2 > 0 else float("inf")
         batch, throughput, efficiency = optimal_batch(
             candidates, model, workers=workers, g2=g2, trace=trace, base_batch=self._initial)
-        i = sorted(set(int(b) for b in candidates)).index(batch)
         self.decisions = {e: b for e, b in self.decisions.items() if e < epoch}
         self.decisions[epoch] = batch
-        return Decision(epoch, batch, float(throughput[i]), float(efficiency[i]),
-                        float(throughput[i] * efficiency[i]),
+        return Decision(epoch, batch, throughput, efficiency, throughput * efficiency,
                         None if b_noise is None or not math.isfinite(b_noise) else b_noise)
 
     def state(self) -> dict:
