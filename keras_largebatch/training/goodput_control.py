@@ -15,26 +15,56 @@ replicas, dataset, accumulation). The decision is written into the
 epoch's record (history.json / results.json `goodput_decision`), to TensorBoard (`goodput/*`
 scalars and an `events` line) and into the checkpoint's run state, which the epoch-end
 checkpoint saves right after: a resumed run replays the decisions instead of re-measuring.
+
+Across workers (MultiWorkerMirroredStrategy) every worker decides on its own, so every worker
+must see the same numbers: a worker that chose another batch would wait in a collective of
+another shape for ever. Each worker times its own updates, so the epoch's step time (and, to be
+safe, the noise-scale statistics) is replaced by its mean over the workers, one collective of
+three numbers at each decision, before the throughput model is fitted; history.json records
+that agreed step time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import tensorflow as tf
+
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.goodput.throughput import Observation, fit_online
 from keras_largebatch.studies import results as rs
 from keras_largebatch.training import build
+from keras_largebatch.training.strategy import workers
 
 STATE_KEY = "batch_decisions"
 
 
 class GoodputControl:
     def __init__(self, schedule, *, config, source, replicas: int, step, summaries,
-                 verbose: bool):
+                 verbose: bool, strategy=None):
         self.schedule, self.config, self.source = schedule, config, source
         self.replicas, self.step, self.summaries, self.verbose = replicas, step, summaries, verbose
         self.run_state = None
+        self._mean = None
+        if strategy is not None and len(workers()[0]) > 1:
+
+            @tf.function
+            def mean(values):  # the same collective on every worker, at the same epoch end
+                local = strategy.run(lambda: tf.identity(values))
+                return strategy.reduce(tf.distribute.ReduceOp.MEAN, local, axis=None)
+
+            self._mean = mean
+
+    def agreed(self, step_time: float, stats: dict) -> tuple[float, dict]:
+        """This epoch's step time and the statistics, averaged over the workers."""
+        if self._mean is None:
+            return step_time, stats
+        keys = ("grad_sqr", "grad_trace")
+        known = [stats[k] is not None for k in keys]
+        local = [step_time] + [stats[k] if ok else 0.0 for k, ok in zip(keys, known)]
+        out = self._mean(tf.constant(local, tf.float64)).numpy().tolist()
+        return out[0], {**stats, **{k: (v if ok else None)
+                                   for k, v, ok in zip(keys, out[1:], known)}}
 
     def resume(self, run_state) -> list:
         """Take the decisions from the restored run state (none on a fresh run); the phases."""
@@ -67,13 +97,15 @@ class GoodputControl:
         """A decision after 0-based `epoch` if one is due (not after the last); new phases."""
         if epoch + 1 >= self.config.optimization.epochs or not self.schedule.decides_after(epoch):
             return None
+        stats = self.step.noise_scale.stats.values()
+        if history and history[-1].get(rs.STEP_TIME_S):
+            history[-1][rs.STEP_TIME_S], stats = self.agreed(history[-1][rs.STEP_TIME_S], stats)
         model = self.schedule.step_time_model
         if model is None:
             observations = self.observations(history)
             if not observations:
                 return None
             model = fit_online(observations)
-        stats = self.step.noise_scale.stats.values()
         decision = self.schedule.decide(
             epoch + 1, self.valid_candidates(), model,
             workers=self.replicas, g2=stats["grad_sqr"], trace=stats["grad_trace"])

@@ -153,7 +153,7 @@ def open_run_dir(config: RunConfig, built: Built, *, run_dir: str, overwrite: bo
     if getattr(schedule, "adaptive", False):  # GoodputBatch: decisions from the checkpoint
         control = GoodputControl(schedule, config=config, source=built.source,
                                  replicas=built.replicas, step=parts.step, summaries=None,
-                                 verbose=verbose)
+                                 verbose=verbose, strategy=built.strategy)
         phases = control.resume(checkpointer.state)
     if chief:
         rundir.prepare(run_dir, config_text, overwrite=overwrite)

@@ -59,3 +59,28 @@ def test_two_workers_then_one_then_two(tmp_path):
     # not by more.
     assert distance(weights["ref"], weights["chain"]) <= 2 * distance(weights["ref"],
                                                                       weights["one"])
+
+
+GOODPUT = (*TINY, B + "fashion_mnist.max_train_examples = 4096",
+           B + "fashion_mnist.max_test_examples = 1000", B + "train.epochs = 3",
+           B + "train.batch_schedule = @GoodputBatch()", B + "GoodputBatch.min_batch_size = 64",
+           B + "GoodputBatch.max_batch_size = 512", B + "train.checkpoint_every_steps = 0")
+
+
+@pytest.mark.slow
+def test_two_workers_decide_the_same_batch(tmp_path):
+    """Each worker times its own updates; the throughput model is fitted to step times that
+    differ by microseconds between the workers, so each worker would predict another goodput
+    (and, at a near tie, pick another batch, leaving the other waiting in a collective of
+    another shape). Both must print the same decisions, to the digit, and finish."""
+    (tmp_path / "logs").mkdir()
+    out = run_workers(tmp_path / "run", free_ports(2), tmp_path / "logs", config=GOODPUT)
+    lines = []
+    for code, output in out:
+        assert code == 0, output[-3000:]
+        lines.append([x for x in output.splitlines() if x.startswith("GoodputBatch:")])
+    assert len(lines[0]) == 2, out[0][1][-3000:]  # after epochs 1 and 2, not after the last
+    assert lines[0] == lines[1]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    chosen = [int(x.split("global batch ")[1].split()[0]) for x in lines[0]]
+    assert [h["batch_size"] for h in history][1:] == chosen
