@@ -27,8 +27,11 @@ Left out (LEFT_OUT below), and why:
   defaults; run it on its own (its docstring; its tests are tests/bench/test_cluster.py).
 - ray_dispatch.py: needs Ray (pip install -e '.[ray]'), starts its own Ray and ~16 real CLI
   runs (~2 min); run it on its own (its docstring).
+- goodput_study.py: bench/cluster.py's experiment over 3 seeds and 2 link rates plus a
+  validation run (root, network namespaces, ~80 min); run it on its own (its docstring).
 Not benches: timing.py (the shared timing harness), netns.py (cluster.py's namespaces),
-cluster_report.py (its tables), cost_model.py (its cost model).
+cluster_report.py (its tables), cost_model.py (its cost model), goodput_study_report.py
+(goodput_study.py's report).
 """
 
 from __future__ import annotations
@@ -66,8 +69,11 @@ BENCHES = {
 LEFT_OUT = {
     "cluster.py": "needs root and network namespaces; ~40 min at its defaults",
     "ray_dispatch.py": "needs Ray; starts its own Ray and ~16 real CLI runs",
+    "goodput_study.py": "needs root and network namespaces; bench/cluster.py over 3 seeds x 2 "
+                        "link rates, ~80 min",
 }
-NOT_BENCHES = ("all.py", "timing.py", "netns.py", "cost_model.py", "cluster_report.py")
+NOT_BENCHES = ("all.py", "timing.py", "netns.py", "cost_model.py", "cluster_report.py",
+               "goodput_study_report.py")
 
 
 def command(name: str, size: str) -> list[str]:

@@ -12,9 +12,10 @@ from the mean squared norm of the parts' mean gradients and the squared norm of 
 batch's. The parts are what the step computes anyway, with no extra backward pass:
 
 - the R replicas' batches (R >= 2): replica r's gradient of sum(loss) / B is g_r, so the mean
-  gradient of its B / R samples is R g_r; the whole batch's is the all-reduced one, which
-  train_step.py computes once more for this (`_all_reduced_with_norm`, as
-  `train.log_gradient_norm` does): one more all-reduce per update.
+  gradient of its B / R samples is R g_r; the whole batch's is the all-reduced one, read from
+  the optimizer's own all-reduce (reduced_gradients.py; as `train.log_gradient_norm` does): a
+  few scalars more per update, no second gradient all-reduce (one, `_all_reduced_with_norm`,
+  under a LossScaleOptimizer).
 - and within each replica, the micro-batches of gradient accumulation (n per replica,
   `train.max_per_replica_batch`): parts = n R, micro-batch k's gradient g_k of
   sum_{i in k} l_i / B + reg / (n R) is 1 / (n R) of its mean gradient. With one replica and

@@ -25,6 +25,7 @@ from keras_largebatch.training.steps.accumulation import accumulate_gradients
 from keras_largebatch.training.steps.grad_norm import estimate_grad_norm_scale
 from keras_largebatch.training.steps.many_updates import many_updates
 from keras_largebatch.training.steps.noise_scale_step import NoiseScaleProbe
+from keras_largebatch.training.steps.reduced_gradients import ReducedGradientTap
 
 
 def per_example_loss_fn():
@@ -76,6 +77,12 @@ class TrainStep:
         self.noise_scale = (None if noise_scale_reference_batch is None else NoiseScaleProbe(
             replicas=strategy.num_replicas_in_sync, repeats=repeats,
             reference_batch=noise_scale_reference_batch))
+        # The global gradient's norm, read from the optimizer's own all-reduce (None: not
+        # needed, or not readable: then _all_reduced_with_norm, a second all-reduce).
+        self._needs_global_norm = gradient_norm or (
+            self.noise_scale is not None and self.noise_scale.replicas > 1)
+        self._tap = (ReducedGradientTap.attach(optimizer) if self._needs_global_norm
+                     else None)
         self._rescale_step = tf.function(self._distributed_rescale_step)
         self._grads_fn = (tf.function(self._loss_and_grads, jit_compile=True)
                           if jit_compile else self._loss_and_grads)
@@ -152,9 +159,11 @@ class TrainStep:
         norm, parts = tf.zeros([]), (tf.zeros([]),) * 3
         if probe is not None:
             parts = probe.replica_values(grads, micro_sqr, num_micro, self._unscale())
-        if self.gradient_norm or (probe is not None and probe.replicas > 1):
+        if self._needs_global_norm and self._tap is None:
             grads, norm = self._all_reduced_with_norm(grads)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        if self._needs_global_norm and self._tap is not None:
+            norm = tf.linalg.global_norm(self._tap.take())  # reduced_gradients.py
         return (*stats, norm, *parts)
 
     def _unscale(self):
@@ -166,10 +175,12 @@ class TrainStep:
         return tf.convert_to_tensor(scale, tf.float32)
 
     def _all_reduced_with_norm(self, grads):
-        """L2 norm of the global gradient (seed 003 Fig. 4) without reducing twice.
+        """L2 norm of the global gradient (seed 003 Fig. 4) where the optimizer's own all-reduce
+        cannot be read (reduced_gradients.py: a LossScaleOptimizer).
 
         We all-reduce here to see the global gradient, then hand the optimizer grads / R: its own
-        all-reduce sums R identical copies back to the global gradient (exact for R = 2^k).
+        all-reduce sums R identical copies back to the global gradient (exact for R = 2^k), at
+        the price of a second gradient-sized all-reduce.
         """
         replicas = self.strategy.num_replicas_in_sync
         present = [g for g in grads if g is not None]
