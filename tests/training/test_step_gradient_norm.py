@@ -84,17 +84,25 @@ class _CountingAllReduce:
 def test_one_gradient_all_reduce_per_update(options, two_cpu_strategy, monkeypatch):
     """Each replica all-reduces its gradients once (the optimizer's), however the global norm
     is read: the sizes reduced in a traced update sum to the parameter count per replica, plus
-    nothing gradient-sized (before: 2x, the step's own all-reduce and the optimizer's)."""
+    nothing gradient-sized (before: 2x, the step's own all-reduce and the optimizer's); and the
+    scalars go in one reduce."""
     strategy = two_cpu_strategy
     init = build_model("cnn_fashion", **SMALL).get_weights()
     params = sum(w.size for w in init)
     fn = train_dataset_fn(fashion_subset(), global_batch_size=64, epoch=0, seed=3)
     model, step = _step(strategy, init, **options)
     counter = _CountingAllReduce(monkeypatch)
+    reduces = []
+    original_reduce = strategy.reduce
+    monkeypatch.setattr(strategy, "reduce", lambda *a, **k: reduces.append(a[0]) or
+                        original_reduce(*a, **k))
     step(iter(strategy.distribute_datasets_from_function(fn)))
     gradient_sized = [n for n in counter.sizes if n >= 100]
     assert sum(gradient_sized) == 2 * params  # 2 replicas x one all-reduce of every gradient
     assert len(gradient_sized) == 2
+    # Every per-update scalar (metrics, norm, the probe's values) in one cross-replica reduce
+    # (train_step.summed_scalars): before, 3 for the metrics and up to 4 more.
+    assert len(reduces) == 1
 
 
 def test_loss_scale_optimizer_norm_falls_back(one_cpu_strategy, two_cpu_strategy):

@@ -21,7 +21,8 @@ from keras_largebatch.optimizers.ba_model import ba_chunk_step
 from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics
 from keras_largebatch.training.steps.many_updates import many_updates
-from keras_largebatch.training.steps.train_step import per_example_loss_fn
+from keras_largebatch.training.steps.train_step import (
+    pack_scalars, per_example_loss_fn, summed_scalars)
 
 
 class BAChunkStep:
@@ -65,14 +66,13 @@ class BAChunkStep:
         predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
         correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return out, (tf.reduce_sum(per_example), correct, count)
+        return out, pack_scalars(tf.reduce_sum(per_example), correct, count)
 
     def _distributed_step(self, iterator):
         self.trace_count += 1  # Python side effect: runs only while tracing
         images, labels = next(iterator)
         out, stats = self.strategy.run(self._replica_chunk, args=(images, labels))
-        loss_sum, correct, count = (
-            self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in stats)
+        loss_sum, correct, count = summed_scalars(self.strategy, stats)  # one collective
         self.metrics.update(loss_sum, correct, count)
         self.progress.advance(count)
         # The optimizer's outputs are identical on every replica: read the first.
