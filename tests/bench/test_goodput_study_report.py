@@ -76,6 +76,11 @@ def test_time_to_target_and_goals(study):
     # d = (-1, -2): mean -1.5, s = 0.7071, t_{0.975, 1} = 12.706 -> half-width 6.353.
     assert "-1.5 [-7.85, +4.85]" in text
     assert "'at least as fast as AdaBatch': inconclusive" in text
+    assert "100mbit: target reached by goodput on 2 of 2 seeds, by adabatch on 2 of 2" in text
+    # Training time: goodput 8 + 5 = 13 and 8 + 4 = 12 against adabatch 14 and 14.
+    assert "training time (s), goodput - adabatch: -1.5 [-7.85, +4.85]" in text
+    # Final accuracy (points): 84.6 - 85.0 and 86.0 - 86.0, the same as against fixed 128.
+    assert "final accuracy (points), goodput - adabatch: -0.2 [-2.74, +2.34]" in text
     # Accuracy: (84.6 - 85.0, 86.0 - 86.0) = (-0.4, 0.0): mean -0.2, half 12.706 x 0.2828 / 1.414.
     assert "per seed [-0.4, 0.0]" in text
     assert "-0.2 [-2.74, +2.34]" in text
