@@ -38,9 +38,10 @@ def summed_scalars(strategy: tf.distribute.Strategy, packed) -> list[tf.Tensor]:
 
     Across workers every reduce is its own collective, and each costs a network round trip
     whatever its size: the step's metrics (loss sum, correct, count) and the noise-scale
-    probe's values were 7 scalar all-reduces per update, ~40 ms on the emulated cluster's
-    100 Mbit/s link (BUILD_NOTES "Batch size by measurement"). The sums are the same numbers
-    (one float32 addition per element either way)."""
+    probe's values were 7 scalar all-reduces per update; on the emulated cluster's 100 Mbit/s
+    link the probe's updates took 0.34 s against 0.30 s without it, 0.315 s once packed
+    (BUILD_NOTES "Batch size by measurement"). The sums are the same numbers (one float32
+    addition per element either way)."""
     return tf.unstack(strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None))
 
 
