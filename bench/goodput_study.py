@@ -13,11 +13,11 @@ BUILD_NOTES "Emulated cluster"). Then one `--parts=scaling` call at --validation
 --validation_batch: points the throughput model was not fitted on (another link rate, another
 batch, and one worker).
 
-What is kept, in --out (default runs/goodput_cluster): per run `<seed>/<rate>/<arm>.json` (the
-run's results.json) and per cluster.py call its printed output (`cluster.log`); the workers'
-run folders (checkpoints, TensorBoard) are left in a temporary folder and deleted. A folder
-that already holds a seed's results is not run again (delete it to rerun). The report is
-bench/goodput_study_report.py, from these files alone.
+What is kept, in --out (default runs/results/goodput_cluster): per run
+`<seed>/<rate>/<arm>.json` (the run's results.json) and per cluster.py call its printed output
+(`cluster.log`); the workers' run folders (checkpoints, TensorBoard) are left in a temporary
+folder and deleted. A folder that already holds a seed's results is not run again (delete it to
+rerun). The report is bench/goodput_study_report.py, from these files alone.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ FOLDER = re.compile(r"^\d+-(?P<label>.+)_(?P<workers>\d+)w_(?P<rate>[^_]+)$")  #
 
 def parse_args(argv):
     p = bench_parser(__doc__)
-    p.add_argument("--out", default="runs/goodput_cluster")
+    p.add_argument("--out", default="runs/results/goodput_cluster")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--rates", default="100mbit,20mbit")
     p.add_argument("--examples", type=int, default=12800)

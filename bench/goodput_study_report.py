@@ -1,6 +1,6 @@
 """The report of bench/goodput_study.py, from the files it keeps (no TensorFlow, no runs):
 
-    .venv/bin/python bench/goodput_study.py --report_only [--out=runs/goodput_cluster]
+    .venv/bin/python bench/goodput_study.py --report_only [--out=runs/results/goodput_cluster]
 
 1. Per link rate and arm, over the seeds: the batch of each epoch, the training time (sum of
    `epoch_time_s`, epoch 1 replaced by the median later epoch at its batch among the seed's
@@ -133,8 +133,8 @@ def goals(runs: dict) -> list[str]:
         lines.append(f"   {rate}: target reached by goodput on {sum(x is not None for x in g)} "
                      f"of {len(g)} seeds, by adabatch on {sum(y is not None for y in a)} of "
                      f"{len(a)}")
-        lines.append(f"   {rate}: time to target, goodput - adabatch: per seed "
-                     f"{[None if x is None or y is None else round(x - y, 1) for x, y in zip(g, a)]}")
+        diffs = [None if x is None or y is None else round(x - y, 1) for x, y in zip(g, a)]
+        lines.append(f"   {rate}: time to target, goodput - adabatch: per seed {diffs}")
         if len(pairs) >= 2:
             iv = paired_t_interval([x for x, _ in pairs], [y for _, y in pairs])
             lines.append(f"      {iv} s over the seeds where both reach it -> goal 'at least "

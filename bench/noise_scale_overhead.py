@@ -12,10 +12,10 @@ memory, momentum SGD, global batch 128, once without and once with the noise-sca
 (`noise_scale_reference_batch`, training/steps/noise_scale_step.py), for 1 replica (the probe
 splits the batch into two micro-batches) and 2 logical CPU replicas (the probe reads the
 optimizer's all-reduced gradient, training/steps/reduced_gradients.py, and adds four scalars to
-the step's one reduce). The two variants of a replica count start from the same weights and alternate
-round by round (bench/timing.py). Printed: ms per update of each and the with / without ratio
-(median of the per-round ratios and their range); the issue's goal for "on by default" is
-<= 1.02.
+the step's one reduce). The two variants of a replica count start from the same weights and
+alternate round by round (bench/timing.py). Printed: ms per update of each and the with /
+without ratio (median of the per-round ratios and their range); the issue's goal for "on by
+default" is <= 1.02.
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics
 from keras_largebatch.training.steps.many_updates import many_updates
 from keras_largebatch.training.steps.train_step import (
-    pack_scalars, per_example_loss_fn, summed_scalars)
+    pack_scalars,
+    per_example_loss_fn,
+    summed_scalars,
+)
 
 
 class BAChunkStep:
