@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import netns  # noqa: E402
 from timing import bench_parser, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,14 @@ def parse_args(argv):
         p.error(f"--seeds: a comma list of integers; got {args.seeds!r}")
     if not args.seeds:
         p.error("--seeds: give at least one seed, e.g. --seeds=0,1,2")
+    for flag, rates in (("--rates", args.rates.split(",")),
+                        ("--validation_rate", [args.validation_rate])):
+        for rate in rates:
+            try:
+                if netns.parse_rate(rate.strip()) is None:
+                    raise ValueError(f"{rate!r} is not a link rate; give e.g. 100mbit")
+            except ValueError as e:
+                p.error(f"{flag}: {e}")
     if args.smoke:  # never into runs/: a temporary folder unless --out is given
         if args.out == p.get_default("out"):
             args.out = tempfile.mkdtemp(prefix="klb-goodput-smoke-")
@@ -78,7 +87,8 @@ def cluster_call(extra: list[str], args) -> tuple[int, str, Path]:
         common += ["--gin_bindings=resnet20.bn_momentum = 0.9"]
     cmd = [sys.executable, str(CLUSTER), *common, *extra]
     print("$ " + " ".join(cmd), flush=True)
-    out = work / "cluster.out"  # a file, not a pipe: cluster.py outlives nothing of ours
+    out = work / "cluster.out"  # a file, not a pipe: a dead pipe reader stopped cluster.py
+    # before its clean-up (the namespaces were left for --cleanup)
     with open(out, "w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
         try:
@@ -109,15 +119,31 @@ def keep(work: Path, target: Path, output: str) -> int:
     return n
 
 
+def settings(args) -> dict:
+    return {"seeds": args.seeds, "rates": args.rates.split(","), "examples": args.examples,
+            "test_examples": args.test_examples, "epochs": args.epochs,
+            "validation_rate": args.validation_rate, "validation_batch": args.validation_batch,
+            "model": "cnn_fashion" if args.smoke else "resnet20"}
+
+
+def check_out(args) -> str | None:
+    """The one-line refusal for --out, or None: a folder holding another study's settings
+    (kept seeds would be mixed with new ones), or no study at all for --report_only."""
+    study = (REPO / args.out).resolve() / "study.json"
+    if not study.exists():
+        return (f"no study in {args.out} (no study.json); run bench/goodput_study.py without "
+                "--report_only first, or give its --out" if args.report_only else None)
+    if not args.report_only and json.loads(study.read_text()) != settings(args):
+        return (f"{args.out} holds a study with other settings ({study}); give another --out "
+                "or delete that folder to start again")
+    return None
+
+
 def run(args) -> int:
     out = (REPO / args.out).resolve()
     print(machine_line(), flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(
-        {"seeds": args.seeds, "rates": args.rates.split(","), "examples": args.examples,
-         "test_examples": args.test_examples, "epochs": args.epochs,
-         "validation_rate": args.validation_rate, "validation_batch": args.validation_batch,
-         "model": "cnn_fashion" if args.smoke else "resnet20"}, indent=1))
+    (out / "study.json").write_text(json.dumps(settings(args), indent=1))
     for seed in args.seeds:
         target = out / f"seed{seed}"
         if (target / "cluster.log").exists():
@@ -156,6 +182,10 @@ def _interrupt(signum, _frame):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    refusal = check_out(args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if not args.report_only:
         signal.signal(signal.SIGTERM, _interrupt)
         try:

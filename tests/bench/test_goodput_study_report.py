@@ -107,3 +107,42 @@ def test_a_seed_not_run_yet_is_left_out(study):
             path.unlink()
     text = gsr.report(study)
     assert "fewer than 2 seeds" in text
+
+
+# ---- bench/goodput_study.py's refusals, through its command line ------------------------------
+
+def _study_cli(*args):
+    import subprocess
+
+    return subprocess.run([sys.executable, str(REPO / "bench" / "goodput_study.py"), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _one_error_line(proc, *words):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_report_of_a_missing_study_is_one_line(tmp_path):
+    proc = _study_cli("--report_only", f"--out={tmp_path / 'none'}")
+    _one_error_line(proc, "no study in", "without --report_only")
+    assert not (tmp_path / "none").exists()
+
+
+def test_bad_rate_is_refused_before_anything_is_written(tmp_path):
+    proc = _study_cli("--rates=100mbit,fast", f"--out={tmp_path / 'out'}")
+    _one_error_line(proc, "--rates", "'fast'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_with_another_study_is_refused_unchanged(study):
+    before = (study / "study.json").read_bytes()
+    proc = _study_cli("--seeds=0,1,2", f"--out={study}")
+    _one_error_line(proc, "holds a study with other settings", "another --out")
+    assert (study / "study.json").read_bytes() == before
+    assert sorted(p.name for p in study.iterdir()) == ["seed0", "seed1", "study.json",
+                                                      "validation"]
