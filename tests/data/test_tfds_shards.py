@@ -95,10 +95,19 @@ def test_worker_shares_are_disjoint_and_cover_the_split(source):
 
 
 def test_share_order_is_a_function_of_the_seed(source):
+    # tfds shuffles the share's files with the op seed combined with TensorFlow's global seed,
+    # which other tests in this process may have set: fix it. And a share of 2 workers holds 2
+    # files, so two seeds give the same order half the time (seeds 7 and 8 did, in one suite
+    # run): another seed must change the order for some seed among several, not for one.
+    tf.random.set_seed(0)
     first = _share(source, 2, 0, seed=7)
     assert _share(source, 2, 0, seed=7) == first
     other = _share(source, 2, 0, seed=8)
-    assert other != first and sorted(other) == sorted(first)
+    assert sorted(other) == sorted(first)
+    orders = {tuple(_share(source, 2, 0, seed=s)) for s in range(7, 17)}
+    assert len(orders) > 1 and all(sorted(o) == sorted(first) for o in orders)
+    whole = {tuple(_share(source, 1, 0, seed=s)) for s in range(7, 17)}  # 4 files
+    assert len(whole) > 2 and all(sorted(o) == list(range(N_TRAIN)) for o in whole)
 
 
 def _worker_epoch(source, worker, *, workers=2, replicas=2, epoch=0, skip_steps=0, batch=20):
