@@ -132,6 +132,16 @@ def experiment(name: str, epochs: int) -> Experiment:
     ], baseline="sgd 128", headline="lars 4096")
 
 
+def only_arms(exp: Experiment, arms: list[str]) -> Experiment:
+    """The experiment's runs named in `arms`, in its order; the baseline and the headline
+    fall back to the first run kept when not among them."""
+    runs = [r for r in exp.runs if r.label in arms]
+    first = runs[0].label
+    keep = {r.label for r in runs}
+    return Experiment(exp.name, runs, exp.baseline if exp.baseline in keep else first,
+                      exp.headline if exp.headline in keep else first)
+
+
 class Bench:
     def __init__(self, args, cluster: netns.EmulatedCluster, workdir: Path):
         self.args, self.cluster, self.workdir = args, cluster, workdir
@@ -247,6 +257,9 @@ def parse_args(argv):
     p.add_argument("--experiment", choices=("adabatch", "lars"), default="adabatch")
     p.add_argument("--parts", default="scaling,experiment",
                    help="comma list of: scaling, experiment")
+    p.add_argument("--arms", default="",
+                   help="comma list of the experiment's run labels to run (default: all); "
+                        "without the baseline, comparisons are against the first one run")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rates", default="10gbit,1gbit,100mbit", help="link rates of the scaling")
     p.add_argument("--experiment_rates", default="1gbit,100mbit")
@@ -272,6 +285,12 @@ def parse_args(argv):
     args.parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     if not args.parts or not args.parts <= {"scaling", "experiment"}:
         p.error("--parts: a comma list of scaling, experiment")
+    args.arms = [x.strip() for x in args.arms.split(",") if x.strip()]
+    labels = [r.label for r in experiment(args.experiment, args.epochs).runs]
+    unknown = [x for x in args.arms if x not in labels]
+    if unknown:
+        p.error(f"--arms: {unknown[0]!r} is not a run of --experiment={args.experiment}; give "
+                f"a comma list of: {', '.join(labels)}")
     if args.workers < 2:
         p.error("--workers must be >= 2")
     if args.examples is None:
@@ -314,6 +333,8 @@ def run(args) -> int:
             print(f"workers run as {bench.choose_user()}", flush=True)
             exp = experiment(args.experiment, args.epochs) if "experiment" in args.parts \
                 else None
+            if exp is not None and args.arms:
+                exp = only_arms(exp, args.arms)
             scale_spec = RunSpec(f"fixed {args.scaling_batch}", ADABATCH_GIN,
                                  fixed_bindings(args.scaling_batch, 1))
             params = bench.parameters(scale_spec)

@@ -18,6 +18,12 @@ What is kept, in --out (default runs/results/goodput_cluster): per run
 (`cluster.log`); the workers' run folders (checkpoints, TensorBoard) are left in a temporary
 folder and deleted. A folder that already holds a seed's results is not run again (delete it to
 rerun). The report is bench/goodput_study_report.py, from these files alone.
+
+    .venv/bin/python bench/goodput_study.py --rerun_arm="goodput 128..1024"
+
+runs one arm again on every kept seed (after a change to that arm's code: the other arms'
+results stay), replacing its `<seed>/<rate>/<arm>.json`; that call's output is kept as
+`<seed>/rerun_<arm>.log` and the rerun is listed in `reruns.json` (arm, date, commit).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +59,8 @@ def parse_args(argv):
     p.add_argument("--validation_rate", default="30mbit")
     p.add_argument("--validation_batch", type=int, default=512)
     p.add_argument("--report_only", action="store_true")
+    p.add_argument("--rerun_arm", default="",
+                   help="run this arm of bench/cluster.py's experiment again on the kept seeds")
     args = p.parse_args(argv)
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -67,6 +76,15 @@ def parse_args(argv):
                     raise ValueError(f"{rate!r} is not a link rate; give e.g. 100mbit")
             except ValueError as e:
                 p.error(f"{flag}: {e}")
+    if args.rerun_arm:
+        import cluster  # the experiment's run labels (no TensorFlow)
+
+        labels = [r.label for r in cluster.experiment("adabatch", args.epochs).runs]
+        if args.rerun_arm not in labels:
+            p.error(f"--rerun_arm: {args.rerun_arm!r} is not an arm of the study; give one of: "
+                    f"{', '.join(labels)}")
+        if args.report_only or args.smoke:
+            p.error("--rerun_arm runs an arm of a kept study: not with --report_only or --smoke")
     if args.smoke:  # never into runs/: a temporary folder unless --out is given
         if args.out == p.get_default("out"):
             args.out = tempfile.mkdtemp(prefix="klb-goodput-smoke-")
@@ -103,7 +121,7 @@ def cluster_call(extra: list[str], args) -> tuple[int, str, Path]:
     return code, text, work
 
 
-def keep(work: Path, target: Path, output: str) -> int:
+def keep(work: Path, target: Path, output: str, log: str = "cluster.log") -> int:
     """Copy each run's results.json from cluster.py's folder into target/<rate>/<arm>.json."""
     n = 0
     for folder in sorted(work.iterdir()):
@@ -115,7 +133,7 @@ def keep(work: Path, target: Path, output: str) -> int:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results, dest)
         n += 1
-    (target / "cluster.log").write_text(output)
+    (target / log).write_text(output)
     return n
 
 
@@ -132,11 +150,43 @@ def check_out(args) -> str | None:
     study = (REPO / args.out).resolve() / "study.json"
     if not study.exists():
         return (f"no study in {args.out} (no study.json); run bench/goodput_study.py without "
-                "--report_only first, or give its --out" if args.report_only else None)
+                "--report_only or --rerun_arm first, or give its --out"
+                if args.report_only or args.rerun_arm else None)
     if not args.report_only and json.loads(study.read_text()) != settings(args):
         return (f"{args.out} holds a study with other settings ({study}); give another --out "
                 "or delete that folder to start again")
     return None
+
+
+def rerun(args) -> int:
+    """--rerun_arm: that arm again on every seed already kept (module docstring)."""
+    out = (REPO / args.out).resolve()
+    print(machine_line(), flush=True)
+    name = re.sub(r"[^A-Za-z0-9.]+", "_", args.rerun_arm)
+    for seed in args.seeds:
+        target = out / f"seed{seed}"
+        if not (target / "cluster.log").exists():
+            print(f"seed {seed}: no kept results in {target}, nothing to rerun", flush=True)
+            continue
+        code, output, work = cluster_call(
+            ["--parts=experiment", f"--experiment_rates={args.rates}", f"--epochs={args.epochs}",
+             f"--arms={args.rerun_arm}", f"--gin_bindings=train.seed = {seed}"], args)
+        try:
+            if code != 0:
+                print(f"error: bench/cluster.py failed for seed {seed} (exit {code}); its "
+                      f"output is above", file=sys.stderr)
+                return 1
+            keep(work, target, output, log=f"rerun_{name}.log")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        log = out / "reruns.json"
+        done = json.loads(log.read_text()) if log.exists() else []
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip()
+        done.append({"arm": args.rerun_arm, "seed": seed, "commit": commit,
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        log.write_text(json.dumps(done, indent=1))
+    return 0
 
 
 def run(args) -> int:
@@ -189,7 +239,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            code = run(args)
+            code = rerun(args) if args.rerun_arm else run(args)
         except KeyboardInterrupt:
             print(f"error: interrupted; the seeds finished so far are kept in {args.out} and "
                   "are not run again", file=sys.stderr)

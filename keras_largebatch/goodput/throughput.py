@@ -23,10 +23,18 @@ inside `apply_gradients`, so on CPU workers nothing overlaps; bench/cluster.py's
 is what BUILD_NOTES "Emulated cluster" reports.
 
 Online (`fit_online`): a run knows its step times but not its link rate, so rate = None and the
-all-reduce of a W-worker run is in alpha. With one per-worker batch observed, the constant and
-per-sample terms cannot be told apart; as the reference (petuum/adaptdl `fit_perf_params`) does,
-half the step is taken as constant, which is optimistic about larger batches, so a run explores
-one and then fits both terms from two.
+all-reduce of a W-worker run is in alpha. It may know one part of the constant directly: `fixed`,
+the measured time of one gradient-sized all-reduce (training/allreduce_timing.py), a part of
+every step that does not grow with the batch, since nothing overlaps it. The fit then explains
+only the rest, y - fixed, with non-negative terms, so the constant is never below the measured
+all-reduce. With one per-worker batch observed, the constant and per-sample terms cannot be
+told apart from step times alone; the reference (petuum/adaptdl `fit_perf_params`) takes half
+the step as constant, which is optimistic about larger batches, so a run explores one and then
+fits both terms from two. Here the constant is max(fixed, half the step): the reference's
+optimism where the link is fast, the measured all-reduce where it dominates the step (half the
+step would hide a slow link: a 0.75 s step of which the all-reduce takes 0.54 s).
+`fixed` is capped at 0.9 of the fastest observed step, so that a timing disturbed by other
+work can never leave the batch-dependent part at zero (which would predict free samples).
 """
 
 from __future__ import annotations
@@ -90,14 +98,15 @@ class CostModel:
         return text
 
 
-def fit(observations: list[Observation]) -> CostModel:
-    """Non-negative least squares on the relative error (see the module docstring)."""
+def fit(observations: list[Observation], fixed: float = 0.0) -> CostModel:
+    """Non-negative least squares on the relative error (see the module docstring); `fixed`
+    seconds of every step known in advance (added to `a`, the rest fitted)."""
     if not observations:
         raise ValueError("no timings to fit")
     x = np.stack([features(o.workers, o.batch, o.rate, o.params) for o in observations])
     y = np.array([o.step_time for o in observations], dtype=float)
     w = 1.0 / y
-    xw, yw = x * w[:, None], y * w
+    xw, yw = x * w[:, None], (y - fixed) * w
     active = [j for j in range(x.shape[1]) if np.any(x[:, j] != 0)]
     coef = np.zeros(x.shape[1])
     while active:
@@ -107,17 +116,22 @@ def fit(observations: list[Observation]) -> CostModel:
             coef[active] = sol
             break
         active = [j for j, s in zip(active, sol) if s >= 0] if np.any(sol > 0) else []
+    coef[0] += fixed
     rank = int(np.linalg.matrix_rank(xw))
     return CostModel(*map(float, coef), rank=rank)
 
 
-def fit_online(observations: list[Observation]) -> CostModel:
-    """`fit`, except that a single observed per-worker batch pins a = half the step (above)."""
+def fit_online(observations: list[Observation], fixed: float = 0.0) -> CostModel:
+    """`fit` with the measured constant `fixed`, except that a single observed per-worker batch
+    pins a = max(fixed, half the step) (module docstring)."""
     if not observations:
         raise ValueError("no timings to fit")
+    fastest = min(o.step_time for o in observations)
+    fixed = min(max(float(fixed), 0.0), 0.9 * fastest)
     per_worker = {o.batch / o.workers for o in observations}
     if len(per_worker) > 1:
-        return fit(observations)
+        return fit(observations, fixed=fixed)
     mean = float(np.mean([o.step_time for o in observations]))
     b = per_worker.pop()
-    return CostModel(a=mean / 2, c=mean / 2 / b, alpha=0.0, beta=0.0, rank=1)
+    a = max(fixed, mean / 2)
+    return CostModel(a=a, c=(mean - a) / b, alpha=0.0, beta=0.0, rank=1)

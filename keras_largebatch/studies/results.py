@@ -70,6 +70,7 @@ TEST_AT_BEST_VALIDATION = "test_accuracy_at_best_validation"   # the choice a st
 STEP_TIME_S = "step_time_s"                # per update, the epoch's first update left out
 REPLICAS_KEY = "replicas"                  # replicas in sync that trained the epoch
 GOODPUT_DECISION = "goodput_decision"      # GoodputBatch's decision after the epoch, if any
+ALLREDUCE_S = "allreduce_time_s"          # GoodputBatch: one gradient all-reduce, measured
 
 # ---- Statuses ------------------------------------------------------------------------------------
 COMPLETED = "completed"

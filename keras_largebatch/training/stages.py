@@ -153,7 +153,8 @@ def open_run_dir(config: RunConfig, built: Built, *, run_dir: str, overwrite: bo
     if getattr(schedule, "adaptive", False):  # GoodputBatch: decisions from the checkpoint
         control = GoodputControl(schedule, config=config, source=built.source,
                                  replicas=built.replicas, step=parts.step, summaries=None,
-                                 verbose=verbose, strategy=built.strategy)
+                                 verbose=verbose, strategy=built.strategy,
+                                 variables=parts.model.trainable_variables)
         phases = control.resume(checkpointer.state)
     if chief:
         rundir.prepare(run_dir, config_text, overwrite=overwrite)

@@ -146,3 +146,22 @@ def test_a_folder_with_another_study_is_refused_unchanged(study):
     assert (study / "study.json").read_bytes() == before
     assert sorted(p.name for p in study.iterdir()) == ["seed0", "seed1", "study.json",
                                                       "validation"]
+
+
+def test_rerun_arm_refuses_an_unknown_arm_or_a_missing_study(tmp_path, study):
+    before = {p: p.read_bytes() for p in study.rglob("*") if p.is_file()}
+    proc = _study_cli("--rerun_arm=goodput", f"--out={study}")
+    _one_error_line(proc, "--rerun_arm", "'goodput'", "goodput 128..1024")
+    proc = _study_cli("--rerun_arm=goodput 128..1024", f"--out={tmp_path / 'none'}")
+    _one_error_line(proc, "no study in", "--rerun_arm")
+    assert not (tmp_path / "none").exists()
+    assert {p: p.read_bytes() for p in study.rglob("*") if p.is_file()} == before
+
+
+def test_cluster_runs_only_the_arms_asked_for():
+    import cluster
+
+    exp = cluster.only_arms(cluster.experiment("adabatch", 4), ["goodput 128..1024",
+                                                                 "fixed 128"])
+    assert [r.label for r in exp.runs] == ["fixed 128", "goodput 128..1024"]  # its order
+    assert exp.baseline == "fixed 128" and exp.headline == "fixed 128"  # adabatch not run

@@ -145,6 +145,54 @@ def test_bad_settings_are_one_line(kwargs, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_online_fit_takes_the_measured_allreduce_as_the_constant():
+    """One batch observed: a = max(measured all-reduce, half the step), by hand; capped at 0.9
+    of the step (a disturbed timing must leave a per-sample cost)."""
+    obs = [Observation(2, 128, None, 0, 0.75)]
+    slow_link = fit_online(obs, fixed=0.54)          # the all-reduce dominates: it is the a
+    assert slow_link.a == pytest.approx(0.54) and slow_link.c == pytest.approx(0.21 / 64)
+    fast_link = fit_online(obs, fixed=0.05)          # below half the step: the reference's a
+    assert fast_link.a == pytest.approx(0.375) and fast_link.c == pytest.approx(0.375 / 64)
+    disturbed = fit_online(obs, fixed=2.0)
+    assert disturbed.a == pytest.approx(0.675) and disturbed.c == pytest.approx(0.075 / 64)
+    assert fit_online(obs, fixed=-1.0).a == pytest.approx(0.375)
+    for model in (slow_link, fast_link, disturbed):  # every one reproduces the observed step
+        assert model.step_time(2, 128, None, 0) == pytest.approx(0.75)
+
+
+def test_online_fit_of_two_batches_keeps_the_measured_constant_as_a_floor():
+    truth = CostModel(a=0.5, c=3e-3, alpha=0, beta=0)
+    obs = [Observation(2, b, None, 0, truth.step_time(2, b, None, 0)) for b in (128, 168)]
+    exact = fit_online(obs, fixed=0.5)               # consistent: recovered exactly
+    assert exact.a + exact.alpha == pytest.approx(0.5) and exact.c == pytest.approx(3e-3)
+    # Step times that alone suggest a smaller constant (0.45 s) than the measured all-reduce
+    # (0.5 s): the constant stays at the measurement and the per-sample cost is fitted to the
+    # rest (hand-computed: least squares of relative errors of 0.45 + 3e-3 b/2 - 0.5 = c b/2).
+    low = CostModel(a=0.45, c=3e-3, alpha=0, beta=0)
+    obs = [Observation(2, b, None, 0, low.step_time(2, b, None, 0)) for b in (128, 168)]
+    floored = fit_online(obs, fixed=0.5)
+    assert floored.a + floored.alpha == pytest.approx(0.5)
+    y = np.array([low.step_time(2, b, None, 0) for b in (128, 168)])
+    x = np.array([64.0, 84.0])
+    c = np.sum(x / y * (y - 0.5) / y) / np.sum((x / y) ** 2)
+    assert floored.c == pytest.approx(max(c, 0.0))
+
+
+def test_a_measured_slow_link_grows_the_batch_at_the_first_decision():
+    """The emulated cluster's 20 Mbit/s numbers (runs/RESULTS.md section 6): a 0.75 s step at
+    batch 128 on 2 workers, 0.54 s of it the all-reduce, B_noise 100. Half the step as the
+    constant keeps 128; the measured all-reduce moves to the brute-force optimum of its model."""
+    schedule = GoodputBatch(128, 1024)
+    candidates = schedule.candidates(granularity=2)
+    obs = [Observation(2, 128, None, 0, 0.75)]
+    blind = schedule.decide(1, candidates, fit_online(obs), workers=2, g2=1.0, trace=100.0)
+    assert blind.batch_size == 128
+    seen = schedule.decide(1, candidates, fit_online(obs, fixed=0.54), workers=2, g2=1.0,
+                           trace=100.0)
+    assert seen.batch_size == _brute_force(candidates, 0.54, 0.21 / 64, 2, 100.0, 128)
+    assert seen.batch_size > 128
+
+
 def test_online_fit_pins_half_the_step_with_one_batch_then_fits_two():
     one = fit_online([Observation(2, 256, None, 0, 0.02)] * 3)
     assert one.step_time(2, 256, None, 0) == pytest.approx(0.02)

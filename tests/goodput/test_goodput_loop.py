@@ -68,3 +68,28 @@ def test_stopped_after_a_decision_resumes_bitwise(reference, tmp_path, two_cpu_s
     resumed = train(run_dir=str(tmp_path / "run"), **_kw(two_cpu_strategy))
     assert resumed["status"] == "completed"
     assert comparable(resumed) == comparable(expected)   # incl. weights_sha256, decisions
+
+
+def test_online_decision_uses_the_measured_all_reduce(tmp_path, two_cpu_strategy):
+    """No step_time_model: on 2 replicas the decision fits the epoch's step time with the
+    measured all-reduce as its constant (training/allreduce_timing.py); recomputed by hand from
+    the numbers history.json records."""
+    kw = {**_kw(two_cpu_strategy), "epochs": 2, "deterministic": False,
+          "batch_schedule": GoodputBatch(64, 512)}
+    results = train(run_dir=str(tmp_path / "run"), **kw)
+    first = results["epochs"][0]
+    fixed, step = first["allreduce_time_s"], first["step_time_s"]
+    assert 0 < fixed < 60 and step > 0
+    a = max(min(fixed, 0.9 * step), step / 2)        # throughput.fit_online, by hand
+    c = (step - a) / 32                               # per replica: 64 / 2
+
+    def goodput(b):
+        b_noise = first["noise_scale/b_simple"]
+        return b / (a + c * b / 2) * (b_noise + 64) / (b_noise + b)
+
+    candidates = GoodputBatch(64, 512).candidates(granularity=2)
+    decision = first["goodput_decision"]
+    assert decision["batch_size"] == max(candidates, key=goodput)
+    assert decision["throughput"] == pytest.approx(
+        decision["batch_size"] / (a + c * decision["batch_size"] / 2), rel=1e-6)
+    assert results["batch_size_per_epoch"][1] == decision["batch_size"]
