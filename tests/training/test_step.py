@@ -49,6 +49,12 @@ def test_one_trace_across_three_batch_sizes(two_cpu_strategy):
 
 def test_two_replicas_equal_one_after_ten_steps(one_cpu_strategy, two_cpu_strategy):
     source = fashion_subset()
+    # A fixed initial draw: float32 sums in another order differ in the last bits, and ten
+    # updates through max-pool ties and ReLU kinks amplify that by an amount that depends on
+    # the draw: from unseeded draws the first kernel differed by 1.5e-7 to 2.9e-3 (10 test
+    # processes, measured), so this test failed at random. Within one process the runs are
+    # repeatable (4 runs of each strategy, equal to the bit).
+    keras.utils.set_random_seed(0)
     init = build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10,
                        filters=(8, 16), dropout=0.0).get_weights()
     results = []
