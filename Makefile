@@ -1,6 +1,7 @@
 # The two commands a newcomer runs (README.md):
 #   make run    install everything, then train the default experiment on real Fashion-MNIST
-#   make test   install everything, then run lint + the test suite on 2 workers (.ci/run calls this)
+#   make test   install everything, then run lint + the test suite on 2 workers, less the tests
+#               marked slow (TEST_SLOW=1 adds them; .ci/run calls `make test TEST_SLOW=1`)
 #   make bench  every cost benchmark in one sitting (bench/all.py; ARGS="--quick" for a look,
 #               ARGS="--smoke" to check that each still runs, at its smallest size)
 # Extra flags for the run: make run ARGS="--gin_bindings='train.epochs = 2'"
@@ -53,10 +54,15 @@ bench: install $(JAX_PACKAGES)/.installed
 # The suite is CPU-bound (most of its time is real CLI processes importing TensorFlow): two
 # pytest workers keep both cores busy. --dist loadscope keeps a module on one worker, so a
 # module fixture (e.g. the bad-input CLI runs) runs once. TEST_WORKERS=0 runs it serially.
+# `make test` leaves out the tests marked `slow` (real processes of half a minute or more:
+# multi-worker jobs, kill/resume chains, the Ray cluster, the wheel, the bench smoke runs);
+# TEST_SLOW=1 runs them too, and CI (.ci/run) always does.
 TEST_WORKERS ?= 2
+TEST_SLOW ?= 0
 
 test: lint $(JAX_PACKAGES)/.installed
-	$(PRELOAD) $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
+	$(PRELOAD) $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope) \
+		$(if $(filter 1,$(TEST_SLOW)),,-m 'not slow') $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JAX_PACKAGES) *.egg-info .pytest_cache .ruff_cache
