@@ -121,6 +121,21 @@ def cluster_call(extra: list[str], args) -> tuple[int, str, Path]:
     return code, text, work
 
 
+def call_and_keep(args, target: Path, what: str, log: str, cluster_args: list[str]) -> bool:
+    """Run bench/cluster.py with `cluster_args`, keep its results in `target` (keep()) and
+    remove its folder; False after one error line when it failed."""
+    code, output, work = cluster_call(cluster_args, args)
+    try:
+        if code != 0:
+            print(f"error: bench/cluster.py failed for {what} (exit {code}); its output is "
+                  f"above", file=sys.stderr)
+            return False
+        keep(work, target, output, log=log)
+        return True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def keep(work: Path, target: Path, output: str, log: str = "cluster.log") -> int:
     """Copy each run's results.json from cluster.py's folder into target/<rate>/<arm>.json."""
     n = 0
@@ -168,17 +183,11 @@ def rerun(args) -> int:
         if not (target / "cluster.log").exists():
             print(f"seed {seed}: no kept results in {target}, nothing to rerun", flush=True)
             continue
-        code, output, work = cluster_call(
-            ["--parts=experiment", f"--experiment_rates={args.rates}", f"--epochs={args.epochs}",
-             f"--arms={args.rerun_arm}", f"--gin_bindings=train.seed = {seed}"], args)
-        try:
-            if code != 0:
-                print(f"error: bench/cluster.py failed for seed {seed} (exit {code}); its "
-                      f"output is above", file=sys.stderr)
-                return 1
-            keep(work, target, output, log=f"rerun_{name}.log")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        if not call_and_keep(args, target, f"seed {seed}", f"rerun_{name}.log", [
+                "--parts=experiment", f"--experiment_rates={args.rates}",
+                f"--epochs={args.epochs}", f"--arms={args.rerun_arm}",
+                f"--gin_bindings=train.seed = {seed}"]):
+            return 1
         log = out / "reruns.json"
         done = json.loads(log.read_text()) if log.exists() else []
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
@@ -199,30 +208,16 @@ def run(args) -> int:
         if (target / "cluster.log").exists():
             print(f"seed {seed}: kept results in {target}, not run again", flush=True)
             continue
-        code, output, work = cluster_call(
-            ["--parts=experiment", f"--experiment_rates={args.rates}",
-             f"--epochs={args.epochs}", f"--gin_bindings=train.seed = {seed}"], args)
-        try:
-            if code != 0:
-                print(f"error: bench/cluster.py failed for seed {seed} (exit {code}); its "
-                      f"output is above", file=sys.stderr)
-                return 1
-            keep(work, target, output)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        if not call_and_keep(args, target, f"seed {seed}", "cluster.log", [
+                "--parts=experiment", f"--experiment_rates={args.rates}",
+                f"--epochs={args.epochs}", f"--gin_bindings=train.seed = {seed}"]):
+            return 1
     target = out / "validation"
     if not args.smoke and not (target / "cluster.log").exists():
-        code, output, work = cluster_call(
-            ["--parts=scaling", f"--rates={args.validation_rate}",
-             f"--scaling_batch={args.validation_batch}", "--scaling_epochs=2"], args)
-        try:
-            if code != 0:
-                print(f"error: bench/cluster.py (validation) failed (exit {code})",
-                      file=sys.stderr)
-                return 1
-            keep(work, target, output)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        if not call_and_keep(args, target, "validation", "cluster.log", [
+                "--parts=scaling", f"--rates={args.validation_rate}",
+                f"--scaling_batch={args.validation_batch}", "--scaling_epochs=2"]):
+            return 1
     return 0
 
 
