@@ -17,7 +17,7 @@ COMMON = [*TINY, B + "train.epochs = 2", B + "train.batch_size = 512",
           B + "fashion_mnist.max_train_examples = 4096", B + "train.deterministic = True",
           B + "train.checkpoint_every_steps = 0"]
 TWO = B + "make_strategy.num_cpu_replicas = 2"
-# One replica: no machine binding at all (MirroredStrategy on the first CPU device); binding
+# One replica: no machine binding at all (TensorFlow's default strategy: one device); binding
 # num_cpu_replicas = 1 would reconfigure the test process' devices (tests/conftest.py).
 ONE = B + "make_strategy.connect_timeout_s = 300"
 
