@@ -71,6 +71,29 @@ def test_two_replicas_equal_one_after_ten_steps(one_cpu_strategy, two_cpu_strate
         assert rel < 1e-5
 
 
+def test_one_device_default_strategy_equals_mirrored_over_that_device(one_cpu_strategy):
+    """make_strategy() on one device is TensorFlow's default strategy (training/strategy.py),
+    not a MirroredStrategy over it: the same ten updates to the bit (a one-replica all-reduce is
+    the identity either way)."""
+    from keras_largebatch.training.strategy import make_strategy
+
+    default = make_strategy()
+    assert default is tf.distribute.get_strategy() and default.num_replicas_in_sync == 1
+    assert not isinstance(default, tf.distribute.MirroredStrategy)
+    source = fashion_subset()
+    keras.utils.set_random_seed(0)
+    init = build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10,
+                       filters=(8, 16), dropout=0.0).get_weights()
+    results = []
+    for strategy in (one_cpu_strategy, default):
+        model, step, _ = _setup(strategy, init)
+        _run(strategy, step, source, batch=64, steps=10)
+        results.append([w.copy() for w in model.get_weights()])
+    for mirrored, plain, w0 in zip(*results, init):
+        assert not np.allclose(plain, w0)
+        np.testing.assert_array_equal(plain, mirrored)
+
+
 def test_single_update_matches_hand_computed_sgd(one_cpu_strategy):
     """Plain SGD, one step: w1 = w0 - lr * mean-gradient, gradient taken independently."""
     source = fashion_subset()
