@@ -6,7 +6,11 @@ import time of the test session, before any test module touches TensorFlow.
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_largebatch import tf_log  # light: imports neither TensorFlow nor Keras
+
+# TF_CPP_MIN_LOG_LEVEL 2 and TensorFlow's start-up lines filtered, as every command line does:
+# under xdist the controller process's stderr reaches the terminal after the summary.
+tf_log.install()
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
