@@ -47,21 +47,27 @@ def test_one_trace_across_three_batch_sizes(two_cpu_strategy):
     np.testing.assert_allclose(progress.epoch.numpy(), 2 + 3 / (2048 // 256))
 
 
-def test_two_replicas_equal_one_after_ten_steps(one_cpu_strategy, two_cpu_strategy):
+def _ten_steps_from_one_draw(strategies):
+    """(initial weights, [weights after ten updates of batch 64 under each strategy])."""
     source = fashion_subset()
     # A fixed initial draw: float32 sums in another order differ in the last bits, and ten
     # updates through max-pool ties and ReLU kinks amplify that by an amount that depends on
     # the draw: from unseeded draws the first kernel differed by 1.5e-7 to 2.9e-3 (10 test
-    # processes, measured), so this test failed at random. Within one process the runs are
-    # repeatable (4 runs of each strategy, equal to the bit).
+    # processes, measured), so the two-replica test failed at random. Within one process the
+    # runs are repeatable (4 runs of each strategy, equal to the bit).
     keras.utils.set_random_seed(0)
     init = build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10,
                        filters=(8, 16), dropout=0.0).get_weights()
     results = []
-    for strategy in (one_cpu_strategy, two_cpu_strategy):
+    for strategy in strategies:
         model, step, _ = _setup(strategy, init)
         _run(strategy, step, source, batch=64, steps=10)
         results.append([w.copy() for w in model.get_weights()])
+    return init, results
+
+
+def test_two_replicas_equal_one_after_ten_steps(one_cpu_strategy, two_cpu_strategy):
+    init, results = _ten_steps_from_one_draw((one_cpu_strategy, two_cpu_strategy))
     for w1, w2, w0 in zip(*results, init):
         assert not np.allclose(w1, w0)  # training moved the weights
         # Relative to the tensor's norm: float32 sums in a different order (2 x 32 + all-reduce
@@ -80,15 +86,7 @@ def test_one_device_default_strategy_equals_mirrored_over_that_device(one_cpu_st
     default = make_strategy()
     assert default is tf.distribute.get_strategy() and default.num_replicas_in_sync == 1
     assert not isinstance(default, tf.distribute.MirroredStrategy)
-    source = fashion_subset()
-    keras.utils.set_random_seed(0)
-    init = build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10,
-                       filters=(8, 16), dropout=0.0).get_weights()
-    results = []
-    for strategy in (one_cpu_strategy, default):
-        model, step, _ = _setup(strategy, init)
-        _run(strategy, step, source, batch=64, steps=10)
-        results.append([w.copy() for w in model.get_weights()])
+    init, results = _ten_steps_from_one_draw((one_cpu_strategy, default))
     for mirrored, plain, w0 in zip(*results, init):
         assert not np.allclose(plain, w0)
         np.testing.assert_array_equal(plain, mirrored)
