@@ -3,7 +3,7 @@
 Run (from the repository root):
 
     .venv/bin/python bench/host_overhead.py
-    .venv/bin/python bench/host_overhead.py --rounds 3 --loops 1 8 32 --examples 20000
+    .venv/bin/python bench/host_overhead.py --rounds 3 --loops 1 8 32 auto --examples 20000
     .venv/bin/python bench/host_overhead.py --smoke     # 1 round, tiny sizes: runs, no number
 
 The seed-002 Fashion-MNIST CNN shrunk to one 2-filter convolution (`filters=(2,)`, dropout off),
@@ -15,12 +15,14 @@ alternating round by round (bench/timing.py), each round a run of --epochs epoch
     bare        one `tf.function` call per update on batches already in memory
     bare_K      K updates per call (a `tf.range` loop over an in-memory dataset iterator)
     framework_K `keras_largebatch.training.loop.train(steps_per_loop=K)` in this process
+                (K = auto: the default, calls of ~0.1 s, training/loop_length.py)
     fit_K       `model.fit(steps_per_execution=K)` on the same arrays
 
 Measured: ms per update over epochs 2.. (epoch 1 holds tracing), for the framework and fit from
 their own epoch times (the framework's `epoch_time_s` includes its actions and progress bar,
 not the evaluation). Printed: each variant's median, its ratio to `bare` (>1: slower), and the
-framework's host overhead per update in microseconds, framework_K - bare_K.
+framework's host overhead per update in microseconds, framework_K - bare_K (K = auto: against
+bare, one call per update).
 """
 
 from __future__ import annotations
@@ -134,21 +136,26 @@ def fit(x, y, epochs: int, k: int) -> float:
     return 1e3 * median(times[1:]) / (len(y) // BATCH)
 
 
+def loop_arg(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def main(argv=None) -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--examples", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--loops", type=int, nargs="+", default=[1, 8, 32])
-    args = smoke(parser.parse_args(argv), examples=256, epochs=2, rounds=1, loops=[1, 4])
+    parser.add_argument("--loops", type=loop_arg, nargs="+", default=[1, 8, 32, "auto"])
+    args = smoke(parser.parse_args(argv), examples=256, epochs=2, rounds=1, loops=[1, 4, "auto"])
     source = subset(args.examples)
     x, y = arrays(source)
     variants = {"bare": lambda _r: bare(x, y, args.epochs, 1)}
     for k in args.loops:
-        if k > 1:
+        if k != "auto" and k > 1:
             variants[f"bare_{k}"] = lambda _r, k=k: bare(x, y, args.epochs, k)
         variants[f"framework_{k}"] = lambda _r, k=k: framework(source, args.epochs, k)
-        variants[f"fit_{k}"] = lambda _r, k=k: fit(x, y, args.epochs, k)
+        if k != "auto":
+            variants[f"fit_{k}"] = lambda _r, k=k: fit(x, y, args.epochs, k)
     with session(f"TF {tf.__version__}, Keras {keras.__version__}; cnn_fashion filters=(2,), "
                  f"batch {BATCH}, {args.examples} images, {args.epochs} epochs, "
                  f"{args.rounds} rounds"):
@@ -158,10 +165,11 @@ def main(argv=None) -> None:
             print(f"{name:14s} {median(values):7.3f} ms/update  x{median(values) / base:.3f} "
                   f"of bare (rounds: {' '.join(f'{v:.3f}' for v in values)})", flush=True)
         for k in args.loops:
-            loop = median(times["bare"] if k == 1 else times[f"bare_{k}"])
+            loop = median(times["bare"] if k in (1, "auto") else times[f"bare_{k}"])
             host = median(times[f"framework_{k}"]) - loop
+            ref = 1 if k == "auto" else k
             print(f"framework host overhead at K={k}: {host * 1e3:.0f} us per update "
-                  f"({host / loop:.1%} of the bare step at K={k})", flush=True)
+                  f"({host / loop:.1%} of the bare step at K={ref})", flush=True)
 
 
 if __name__ == "__main__":

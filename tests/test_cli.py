@@ -49,7 +49,7 @@ def test_two_replica_run_writes_results_config_and_tensorboard(tmp_path):
     assert "train.epochs = 2" in (run_dir / "config.gin").read_text()
     tags = _event_tags(run_dir)
     for tag in ("train/loss", "train/accuracy", "test/loss", "test/accuracy", "learning_rate",
-                "batch_size", "samples_per_second", "epoch_time_s", "config",
+                "batch_size", "samples_per_second", "epoch_time_s", "updates_per_call", "config",
                 "operative_config", "step/loss", "step/learning_rate"):
         assert tag in tags, tag
 

@@ -55,6 +55,9 @@ CASES = {
     "batch_too_large": ([B + "fashion_mnist.max_train_examples = 1000",
                          B + "train.batch_size = 2000"], "larger than the training set (1000"),
     "zero_epochs": ([B + "train.epochs = 0"], "train.epochs must be a positive int; got 0"),
+    "steps_per_loop_word": ([B + "train.steps_per_loop = 'fast'"],
+                            "train.steps_per_loop must be an integer >= 1 (updates per compiled "
+                            "call) or 'auto'; got 'fast'"),
     "negative_batch": ([B + "train.batch_size = -8"], "batch_size must be a positive int; got -8"),
     "zero_lr": ([B + "train.learning_rate = 0.0"],
                 "learning_rate must be a positive float; got 0.0"),

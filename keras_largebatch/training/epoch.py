@@ -7,8 +7,8 @@ scalars.
 
 Every epoch gets a fresh distributed pipeline (its own seeded permutation, the phase's global
 batch, re-entered at `position.step` when resuming); the compiled step is the same for every
-batch size. With `train.steps_per_loop = K` one compiled call runs up to K updates
-(steps/many_updates.py) and the actions run at the end of each call, which never crosses the
+batch size. With `train.steps_per_loop = K` (or 'auto': loop_length.py) one call runs up to K
+updates (steps/many_updates.py) and the actions run at the end of each call, which never crosses the
 epoch's end or an update count an action acts on (`_loop_length`); a signal or a user action's
 condition is seen at the first call boundary after it. After each call the actions run in order
 (training/actions/); a `Rewind` from the divergence roll-back restarts the epoch's input at the
@@ -28,11 +28,12 @@ from keras_largebatch.training.actions import Rewind, StepOutput, Stop
 from keras_largebatch.training.build import current_lr
 from keras_largebatch.training.checkpoint import Position
 from keras_largebatch.training.inputs import epoch_inputs, release_in_background
+from keras_largebatch.training.loop_length import LoopLength
 
 
 class EpochRunner:
     def __init__(self, *, config, strategy, source, parts, progress, checkpointer, summaries,
-                 actions, evaluate, test_data, train_data, lars, steps_per_loop: int = 1,
+                 actions, evaluate, test_data, train_data, lars, steps_per_loop: int | str = 1,
                  validation_data=None):
         self.config, self.strategy, self.source, self.parts = config, strategy, source, parts
         self.progress, self.checkpointer, self.summaries = progress, checkpointer, summaries
@@ -41,7 +42,7 @@ class EpochRunner:
         self.validation_data = validation_data  # train.validation_examples (data/validation.py)
         self.verbose = config.logging.verbose
         self.epoch_end_hook = None  # callable(epoch) after the record, before epoch-end actions
-        self.steps_per_loop = int(steps_per_loop)  # updates per compiled call (at most)
+        self.loop_length = LoopLength(steps_per_loop)  # updates per compiled call (at most)
         self.boundaries = [e for e in (config.logging.every_steps,
                                        config.checkpointing.every_steps) if e]
 
@@ -65,13 +66,16 @@ class EpochRunner:
         epoch_start = time.perf_counter()
         steady_start, steady_from = None, None  # after the epoch's first update (step time)
         bar_every = max(1, steps // 40)
-        updates, i = position.updates, skip
+        updates, i, calls = position.updates, skip, 0
         while i < steps:
             k = self._loop_length(i, steps, updates)
-            if self.steps_per_loop == 1:
+            called = time.perf_counter()
+            if not self.loop_length.loops:
                 parts.step(inputs["iterator"])
             else:  # k updates in one compiled call (steps/many_updates.py)
                 parts.step.run_updates(inputs["iterator"], k)
+            self.loop_length.observe(k, time.perf_counter() - called)
+            calls += 1
             updates, i = updates + k, i + k
             if steady_start is None:
                 steady_start, steady_from = time.perf_counter(), i
@@ -91,7 +95,8 @@ class EpochRunner:
         step_time = ((end - steady_start) / (steps - steady_from)
                      if steady_start is not None and steps > steady_from
                      else (end - epoch_start) / max(steps - skip, 1))
-        self._record(epoch, phase, steps, skip, epoch_lr, end - epoch_start, step_time)
+        self._record(epoch, phase, steps, skip, epoch_lr, end - epoch_start, step_time,
+                     (steps - skip) / max(calls, 1))
         if self.epoch_end_hook is not None:  # e.g. GoodputBatch's decision, before the save
             self.epoch_end_hook(epoch)
         progress.begin_epoch(epoch + 1, steps)
@@ -100,12 +105,12 @@ class EpochRunner:
         return Position(epoch + 1, 0, updates), outcome
 
     def _loop_length(self, i: int, steps: int, updates: int) -> int:
-        """Updates in the next compiled call: at most `steps_per_loop`, never past the epoch's
+        """Updates in the next compiled call: at most K (loop_length.py), never past the epoch's
         end nor past the next update at which an action acts on a count (step summaries and
         the divergence check every `log_every_steps`, a periodic checkpoint every
         `checkpoint_every_steps`), so every action sees exactly the update counts it would
         see with one update per call."""
-        k = min(self.steps_per_loop, steps - i)
+        k = min(self.loop_length.next_k(), steps - i)
         for every in self.boundaries:
             k = min(k, every - updates % every)
         return k
@@ -134,7 +139,7 @@ class EpochRunner:
 
     # ---- the record ----------------------------------------------------------------------
     def _record(self, epoch: int, phase, steps: int, skip: int, epoch_lr: float,
-                epoch_time: float, step_time: float) -> None:
+                epoch_time: float, step_time: float, updates_per_call: float) -> None:
         parts, repeats = self.parts, self.config.data.repeats
         train_result = parts.metrics.result()
         test_result = self.evaluate(self.test_data)
@@ -169,6 +174,7 @@ class EpochRunner:
             "learning_rate": epoch_lr, "batch_size": phase.batch_size,
             "samples_per_second": record[rs.SAMPLES_PER_SECOND],
             "epoch_time_s": epoch_time,
+            "updates_per_call": updates_per_call,  # train.steps_per_loop (TensorBoard only)
             "effective_batch_size": phase.batch_size * repeats, "repeats": repeats,
             **({"train_full/loss": full["loss"],
                 "train_full/accuracy": full["accuracy"]} if full else {}),

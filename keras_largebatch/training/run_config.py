@@ -30,6 +30,7 @@ from keras_largebatch import validate
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.schedules.batch import BatchSchedule
 from keras_largebatch.schedules.scaling import RULES as LR_SCALING_RULES
+from keras_largebatch.training.loop_length import AUTO
 from keras_largebatch.training.precision import PRECISIONS
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
@@ -127,8 +128,10 @@ class OptimizationConfig:
     gradient_noise_scale: bool | None = setting(None, "measure |G|^2, tr(Sigma) and B_simple "
                                                 "(goodput/noise_scale.py); None: where "
                                                 "AdaScale or GoodputBatch needs it")
-    steps_per_loop: int = setting(1, "updates per compiled call (steps/many_updates.py); "
-                                  "actions, signals and checkpoints act between calls")
+    steps_per_loop: int | str = setting("auto", "updates per compiled call "
+                                        "(steps/many_updates.py), or 'auto': calls of ~0.1 s "
+                                        "(training/loop_length.py); actions, signals and "
+                                        "checkpoints act between calls")
 
     def __post_init__(self):
         if _positive_int("train.epochs", self.epochs) > MAX_EPOCHS:
@@ -158,10 +161,12 @@ class OptimizationConfig:
         _optional_whole("train.adapt_grad_norm_every", self.adapt_grad_norm_every, 1)
         validate.boolean("train.jit_compile", self.jit_compile)
         validate.one_of("train.precision", self.precision, PRECISIONS)
-        if not validate.is_int(self.steps_per_loop) or self.steps_per_loop < 1:
+        if self.steps_per_loop != AUTO and (not validate.is_int(self.steps_per_loop)
+                                            or self.steps_per_loop < 1):
             raise UserInputError(f"train.steps_per_loop must be an integer >= 1 (updates per "
-                                 f"compiled call); got {self.steps_per_loop!r}")
-        if self.steps_per_loop > 1 and self.adapt_grad_norm_every:
+                                 f"compiled call) or '{AUTO}'; got {self.steps_per_loop!r}")
+        if self.steps_per_loop != AUTO and self.steps_per_loop > 1 and (
+                self.adapt_grad_norm_every):
             raise UserInputError(f"train.steps_per_loop = {self.steps_per_loop} cannot be "
                                  f"combined with train.adapt_grad_norm_every (its rescaling "
                                  f"step is chosen on the host each update); drop one")

@@ -26,7 +26,7 @@ from keras_largebatch.goodput.adascale import AdaScaled
 from keras_largebatch.optimizers.lars_callback import find_lars
 from keras_largebatch.schedules.progress import Progress, default_progress
 from keras_largebatch.studies import results as rs
-from keras_largebatch.training import build, cluster
+from keras_largebatch.training import build, cluster, loop_length
 from keras_largebatch.training import run_dir as rundir
 from keras_largebatch.training.actions import Action, Stop
 from keras_largebatch.training.actions.checkpoint import PeriodicCheckpoint
@@ -211,7 +211,9 @@ def train_epochs(config: RunConfig, built: Built, opened: Opened, actions: list)
                          actions=actions, evaluate=built.evaluate, test_data=built.test_data,
                          train_data=built.train_data, validation_data=built.validation_data,
                          lars=find_lars(built.parts.optimizer),
-                         steps_per_loop=config.optimization.steps_per_loop)
+                         steps_per_loop=loop_length.resolve(
+                             config.optimization.steps_per_loop, built.parts.step,
+                             user_actions=bool(config.extra_actions)))
     if opened.control is not None:  # a decision re-plans the phases before the epoch-end save
         runner.epoch_end_hook = lambda epoch: _replan(
             opened, opened.control.after_epoch(epoch, opened.checkpointer.history))

@@ -55,7 +55,7 @@ PUBLISHED_DEFAULTS = {
     "epochs": 8, "seed": 0, "repeats": 1, "augment": None, "log_gradient_norm": False,
     "adapt_grad_norm_every": None, "max_per_replica_batch": None, "lr_scaling": "none",
     "lr_reference_batch_size": 1, "gradient_noise_scale": None, "jit_compile": False,
-    "steps_per_loop": 1, "validation_examples": None,
+    "steps_per_loop": "auto", "validation_examples": None,
     "precision": "float32", "eval_batch_size": 1000, "eval_train_set": False,
     "log_every_steps": 50, "checkpoints_to_keep": 2, "checkpoint_every_steps": 1000,
     "deterministic": False, "on_divergence": "stop", "loss_upper_bound": None,

@@ -3,6 +3,7 @@ weights of K single calls bitwise (train.deterministic), the actions act at the 
 counts, and a run stopped by SIGTERM resumes bitwise across a loop boundary and a phase change.
 In-process, real Fashion-MNIST subset, two replicas."""
 
+import itertools
 import signal
 
 import pytest
@@ -111,3 +112,54 @@ def test_accumulation_in_one_call_equals_one_per_call(tmp_path, two_cpu_strategy
     one = train(run_dir=str(tmp_path / "k1"), **kw)
     many = train(run_dir=str(tmp_path / "k8"), steps_per_loop=8, **kw)
     assert comparable(many) == comparable(one)
+
+
+def test_auto_runs_many_updates_per_call_with_the_weights_of_one(
+        one_per_call, tmp_path, two_cpu_strategy, monkeypatch):
+    """'auto' (the default, training/loop_length.py) sizes calls by the clock: on this ~10 ms
+    step it runs several updates per call after the first, and the weights are still bitwise
+    those of one update per call."""
+    from keras_largebatch.training.steps.train_step import TrainStep
+
+    expected, seen_k1 = one_per_call
+    calls = []
+    real = TrainStep.run_updates
+    monkeypatch.setattr(TrainStep, "run_updates",
+                        lambda self, it, k: (calls.append(k), real(self, it, k))[1])
+    got = train(run_dir=str(tmp_path / "run"), **_kw(two_cpu_strategy))
+    assert comparable(got) == comparable(expected)
+    assert sum(calls) == len([s for s in seen_k1 if not s[2]]) == 48  # all, by the loop function
+    assert max(calls) > 1 and calls[0] == 1  # the first call (tracing) measures long
+    # never past the boundaries every 10 and 12 updates, nor an epoch end (32, 48)
+    ends = list(itertools.accumulate(calls))
+    assert {10, 12, 20, 24, 30, 32, 36, 40, 48} <= set(ends)
+
+
+def test_auto_means_one_where_k_would_change_numbers_or_actions():
+    from types import SimpleNamespace
+
+    from keras_largebatch.training.loop_length import resolve
+
+    exact, inexact = SimpleNamespace(exact_for_any_k=True), SimpleNamespace(exact_for_any_k=False)
+    assert resolve("auto", exact, user_actions=False) == "auto"
+    assert resolve("auto", inexact, user_actions=False) == 1   # BA-Momentum's chunk step
+    assert resolve("auto", exact, user_actions=True) == 1      # user actions: every update
+    assert resolve(8, inexact, user_actions=True) == 8         # a number is the user's choice
+
+
+def test_auto_loop_length_follows_the_step_time():
+    from keras_largebatch.training.loop_length import LoopLength
+
+    auto = LoopLength("auto")
+    assert auto.next_k() == 1
+    auto.observe(1, 2.5)            # tracing: 2.5 s for one update
+    assert auto.next_k() == 1
+    auto.observe(4, 0.02)           # 5 ms per update: 0.1 s / 5 ms = 20
+    assert auto.next_k() == 20
+    auto.observe(20, 0.3)           # 15 ms per update: floor(6.67) = 6
+    assert auto.next_k() == 6
+    auto.observe(6, 6e-6)           # 1 us per update: capped
+    assert auto.next_k() == 1000
+    fixed = LoopLength(8)
+    fixed.observe(8, 100.0)
+    assert fixed.next_k() == 8 and fixed.loops and not LoopLength(1).loops

@@ -31,6 +31,10 @@ from keras_largebatch.training.steps.train_step import (
 class BAChunkStep:
     """Callable `step(iterator)`, traced once; same protocol as `TrainStep`."""
 
+    # K chunks per call compile the per-example statistics differently (round-off apart from K
+    # single calls), so train.steps_per_loop = 'auto' means 1 here (training/loop_length.py).
+    exact_for_any_k = False
+
     def __init__(self, *, model: keras.Model, optimizer, strategy: tf.distribute.Strategy,
                  progress: Progress, metrics: RunningMetrics, summary_writer=None):
         self.model, self.optimizer, self.strategy = model, optimizer, strategy

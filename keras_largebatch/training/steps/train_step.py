@@ -106,6 +106,12 @@ class TrainStep:
         self._step = tf.function(self._distributed_step)
         self._loop = many_updates(self._distributed_step)  # train.steps_per_loop > 1
 
+    @property
+    def exact_for_any_k(self) -> bool:
+        """K updates per call are bitwise K single calls (training/loop_length.py), unless the
+        host picks the rescaling updates (`adapt_grad_norm_every`)."""
+        return not self.adapt_grad_norm_every
+
     def reset_epoch(self) -> None:
         """Per-epoch statistics of the step itself (none here; see ba_step.py)."""
 
