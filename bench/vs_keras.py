@@ -88,6 +88,8 @@ class Baton:
 class BatonAction(Action):
     """Framework side: hand over at every epoch end (after evaluation and checkpoint)."""
 
+    every_update = False  # acts on epoch ends: train.steps_per_loop = 'auto' stays auto
+
     def __init__(self, baton, name):
         self.baton, self.name = baton, name
 

@@ -17,7 +17,13 @@ computed: with `train.deterministic` the weights are bitwise those of K = 1 what
 said (tests/training/test_steps_per_loop.py). Where K > 1 is not bitwise K = 1 (BA-Momentum's
 chunk step) or not allowed (`train.adapt_grad_norm_every`), 'auto' means 1, so a run's numbers
 never depend on timing; so it does with user actions (`train.extra_actions`), which are
-promised every update (a fixed K > 1 runs them at call boundaries instead).
+promised every update unless they set `every_update = False` (actions/__init__.py; a fixed
+K > 1 runs them at call boundaries instead), and across workers:
+each worker's clock would choose its own K, but the preemption sync is a collective at every
+call boundary (actions/preemption_sync.py), so the workers must end their calls at the same
+updates; a fixed K, the same in every worker's config, keeps them in step. The cap of 1000
+bounds a call where the clock sees only the dispatch (an accelerator that runs ahead of the
+host): at most ~1000 steps between two looks.
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ TARGET_CALL_SECONDS = 0.1
 MAX_AUTO_STEPS = 1000
 
 
-def resolve(steps_per_loop: int | str, step, *, user_actions: bool) -> int | str:
-    """'auto' stays 'auto' for a step whose K > 1 is bitwise K = 1 (`step.exact_for_any_k`)
-    and a run without user actions (`train.extra_actions`, documented to run after every
-    update); otherwise 'auto' is 1. A number is kept."""
-    if steps_per_loop == AUTO and (user_actions or not getattr(step, "exact_for_any_k", False)):
+def resolve(steps_per_loop: int | str, step, *, user_actions: bool,
+            multi_worker: bool = False) -> int | str:
+    """'auto' stays 'auto' for a step whose K > 1 is bitwise K = 1 (`step.exact_for_any_k`),
+    in one process, without a user action that needs every update (`user_actions`: one of
+    `train.extra_actions` with `every_update` True); otherwise 'auto' is 1. A number is kept."""
+    if steps_per_loop == AUTO and (user_actions or multi_worker
+                                   or not getattr(step, "exact_for_any_k", False)):
         return 1
     return steps_per_loop
 

@@ -213,7 +213,9 @@ def train_epochs(config: RunConfig, built: Built, opened: Opened, actions: list)
                          lars=find_lars(built.parts.optimizer),
                          steps_per_loop=loop_length.resolve(
                              config.optimization.steps_per_loop, built.parts.step,
-                             user_actions=bool(config.extra_actions)))
+                             user_actions=any(getattr(a, "every_update", True)
+                                              for a in config.extra_actions),
+                             multi_worker=built.multi_worker))
     if opened.control is not None:  # a decision re-plans the phases before the epoch-end save
         runner.epoch_end_hook = lambda epoch: _replan(
             opened, opened.control.after_epoch(epoch, opened.checkpointer.history))

@@ -28,6 +28,17 @@ class Recorder(Action):
 
 
 
+class EpochEnds(Action):
+    every_update = False
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, out):
+        if out.epoch_end:
+            self.seen.append((out.updates, out.epoch))
+
+
 def _kw(strategy, **extra):
     # 2048 images: batch 64 for epoch 1 (32 updates), then 128 (16 updates): a phase change.
     return dict(dataset=fashion_subset(), model_options={"filters": (8, 16), "dropout": 0.25},
@@ -126,8 +137,11 @@ def test_auto_runs_many_updates_per_call_with_the_weights_of_one(
     real = TrainStep.run_updates
     monkeypatch.setattr(TrainStep, "run_updates",
                         lambda self, it, k: (calls.append(k), real(self, it, k))[1])
-    got = train(run_dir=str(tmp_path / "run"), **_kw(two_cpu_strategy))
+    epoch_ends = EpochEnds()  # a user action content with call boundaries keeps 'auto'
+    got = train(run_dir=str(tmp_path / "run"), extra_actions=[epoch_ends],
+                **_kw(two_cpu_strategy))
     assert comparable(got) == comparable(expected)
+    assert epoch_ends.seen == [(32, 0), (48, 1)]
     assert sum(calls) == len([s for s in seen_k1 if not s[2]]) == 48  # all, by the loop function
     assert max(calls) > 1 and calls[0] == 1  # the first call (tracing) measures long
     # never past the boundaries every 10 and 12 updates, nor an epoch end (32, 48)
@@ -144,6 +158,9 @@ def test_auto_means_one_where_k_would_change_numbers_or_actions():
     assert resolve("auto", exact, user_actions=False) == "auto"
     assert resolve("auto", inexact, user_actions=False) == 1   # BA-Momentum's chunk step
     assert resolve("auto", exact, user_actions=True) == 1      # user actions: every update
+    # workers end calls at the same updates (the preemption sync is a collective per call)
+    assert resolve("auto", exact, user_actions=False, multi_worker=True) == 1
+    assert resolve(4, exact, user_actions=False, multi_worker=True) == 4
     assert resolve(8, inexact, user_actions=True) == 8         # a number is the user's choice
 
 

@@ -25,6 +25,8 @@ same update, and a user action sees each update before the checks and saves.
 
 Write your own by subclassing `Action` (override `__call__`, and `begin_epoch` if it keeps
 per-epoch state) and pass it as `train(extra_actions=[...])` or `train.extra_actions = [...]`.
+With `train.steps_per_loop` > 1 the loop runs the actions after each call of up to K updates;
+'auto' keeps one update per call while a user action has `every_update = True` (the default).
 """
 
 from __future__ import annotations
@@ -69,7 +71,14 @@ Outcome = Stop | Rewind
 
 
 class Action:
-    """Base class: a no-op. Subclasses override `__call__` and, if needed, `begin_epoch`."""
+    """Base class: a no-op. Subclasses override `__call__` and, if needed, `begin_epoch`.
+
+    `every_update`: the action must see every update, so a user action with it True (the
+    default) makes `train.steps_per_loop = 'auto'` one update per call (training/loop_length.py);
+    set it False in an action that acts on epoch ends or is content with call boundaries.
+    """
+
+    every_update = True
 
     def begin_epoch(self, position: Position) -> None:
         """Called before the first update of an epoch (also when resuming or rewinding)."""
