@@ -89,7 +89,7 @@ def test_stopped_at_a_loop_boundary_resumes_bitwise_across_a_phase_change(
 def test_steps_per_loop_is_checked():
     from keras_largebatch.errors import UserInputError
 
-    for bad in (0, -1, 2.5, "8"):
+    for bad in (0, -1, 2.5, "8", "AUTO", None, True):
         with pytest.raises(UserInputError, match="steps_per_loop"):
             train(run_dir="/nonexistent/never", steps_per_loop=bad, dry_run=True)
 
@@ -180,3 +180,16 @@ def test_auto_loop_length_follows_the_step_time():
     fixed = LoopLength(8)
     fixed.observe(8, 100.0)
     assert fixed.next_k() == 8 and fixed.loops and not LoopLength(1).loops
+
+
+def test_noise_scale_probe_in_one_call_equals_one_per_call(tmp_path):
+    """The gradient-noise-scale probe (goodput/noise_scale.py) keeps its statistics in-graph,
+    so 'auto' may loop it: K = 8 gives the weights and the epoch records of K = 1."""
+    kw = dict(dataset=fashion_subset(), model_options={"filters": (8, 16), "dropout": 0.25},
+              optimizer="momentum", learning_rate=0.05, epochs=2, batch_size=64,
+              log_every_steps=10, checkpoint_every_steps=12, deterministic=True, verbose=False,
+              gradient_noise_scale=True)
+    one = train(run_dir=str(tmp_path / "k1"), steps_per_loop=1, **kw)
+    many = train(run_dir=str(tmp_path / "k8"), steps_per_loop=8, **kw)
+    assert comparable(many) == comparable(one)
+    assert any(k.startswith("noise_scale/") for k in one["epochs"][-1])  # it did measure
