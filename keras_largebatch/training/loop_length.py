@@ -14,16 +14,17 @@ run holds tracing, so it measures long and the next call is short; one call late
 the steady step. The epoch runner still ends every call at the epoch's end and at the update
 counts actions act on (epoch.py), so K changes only how often the host looks, never what is
 computed: with `train.deterministic` the weights are bitwise those of K = 1 whatever the clock
-said (tests/training/test_steps_per_loop.py). Where K > 1 is not bitwise K = 1 (BA-Momentum's
-chunk step) or not allowed (`train.adapt_grad_norm_every`), 'auto' means 1, so a run's numbers
-never depend on timing; so it does with user actions (`train.extra_actions`), which are
-promised every update unless they set `every_update = False` (actions/__init__.py; a fixed
-K > 1 runs them at call boundaries instead), and across workers:
-each worker's clock would choose its own K, but the preemption sync is a collective at every
-call boundary (actions/preemption_sync.py), so the workers must end their calls at the same
-updates; a fixed K, the same in every worker's config, keeps them in step. The cap of 1000
-bounds a call where the clock sees only the dispatch (an accelerator that runs ahead of the
-host): at most ~1000 steps between two looks.
+said (tests/training/test_steps_per_loop.py).
+
+'auto' means 1 in three cases. Where K > 1 is not bitwise K = 1 (BA-Momentum's chunk step) or
+not allowed (`train.adapt_grad_norm_every`), so a run's numbers never depend on timing. With a
+user action (`train.extra_actions`), which is promised every update unless it sets
+`every_update = False` (actions/__init__.py; a fixed K > 1 runs it at call boundaries
+instead). Across workers: each worker's clock would choose its own K, but the preemption sync
+is a collective at every call boundary (actions/preemption_sync.py), so the workers must end
+their calls at the same updates; a fixed K, the same in every worker's config, keeps them in
+step. The cap of 1000 bounds a call where the clock sees only the dispatch (an accelerator
+that runs ahead of the host): at most ~1000 steps between two looks.
 """
 
 from __future__ import annotations

@@ -127,10 +127,14 @@ def test_accumulation_in_one_call_equals_one_per_call(tmp_path, two_cpu_strategy
 
 def test_auto_runs_many_updates_per_call_with_the_weights_of_one(
         one_per_call, tmp_path, two_cpu_strategy, monkeypatch):
-    """'auto' (the default, training/loop_length.py) sizes calls by the clock: on this ~10 ms
-    step it runs several updates per call after the first, and the weights are still bitwise
-    those of one update per call."""
+    """'auto' (the default, training/loop_length.py) sizes calls by the clock: after the first
+    call it runs several updates per call, and the weights are still bitwise those of one
+    update per call. (The target call time is raised to 10 s here, so that a loaded machine
+    cannot make every call a single update.)"""
+    from keras_largebatch.training import loop_length
     from keras_largebatch.training.steps.train_step import TrainStep
+
+    monkeypatch.setattr(loop_length, "TARGET_CALL_SECONDS", 10.0)
 
     expected, seen_k1 = one_per_call
     calls = []
