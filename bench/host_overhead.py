@@ -166,9 +166,9 @@ def main(argv=None) -> None:
             print(f"{name:14s} {median(values):7.3f} ms/update  x{median(values) / base:.3f} "
                   f"of bare (rounds: {' '.join(f'{v:.3f}' for v in values)})", flush=True)
         for k in args.loops:
-            loop = median(times["bare"] if k in (1, "auto") else times[f"bare_{k}"])
+            ref = 1 if k == "auto" else k  # 'auto' against one call per update
+            loop = median(times["bare"] if ref == 1 else times[f"bare_{ref}"])
             host = median(times[f"framework_{k}"]) - loop
-            ref = 1 if k == "auto" else k
             print(f"framework host overhead at K={k}: {host * 1e3:.0f} us per update "
                   f"({host / loop:.1%} of the bare step at K={ref})", flush=True)
 
