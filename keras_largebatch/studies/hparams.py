@@ -43,8 +43,16 @@ METRIC_TAGS = {
 
 def metric_tags(study: Study) -> dict[str, tuple[str, str]]:
     tags = dict(METRIC_TAGS)
-    tags.setdefault(f"study/{study.metric}", (study.metric, METRICS[study.metric][0]))
+    for metric in _selected(study):
+        tags.setdefault(f"study/{metric}", (metric, METRICS[metric][0]))
     return tags
+
+
+def _selected(study: Study) -> list[str]:
+    """The study's metric; selected on validation, also the test accuracy at that choice."""
+    if study.metric == "best_validation_accuracy":
+        return [study.metric, "test_accuracy_at_best_validation"]
+    return [study.metric]
 
 
 def hparam_values(study: Study, spec: RunSpec) -> dict[str, bool | int | float | str]:
@@ -66,7 +74,7 @@ def metric_values(study: Study, results: dict, metrics: dict) -> dict[str, float
         "study/best_test_accuracy": metrics.get("best_test_accuracy"),
         "study/diverged_epoch": metrics.get("diverged_epoch"),
         "study/training_time_s": number(results.get(rs.WALL_TIME_S)),
-        f"study/{study.metric}": metrics.get(study.metric),
+        **{f"study/{m}": metrics.get(m) for m in _selected(study)},
     }
     return {k: float(v) for k, v in values.items() if number(v) is not None}
 

@@ -27,6 +27,12 @@ METRICS: dict[str, tuple[str, bool]] = {
                          "train.eval_train_set, else the epoch's running mean (seed 002)", False),
     "epoch_time_s": ("median wall time per epoch, s (seed 000 Table 1)", False),
     "update_time_ms": ("median time per update (forward + backward + step), ms", False),
+    # With train.validation_examples: a study selects its LR on the first, reports the second.
+    "best_validation_accuracy": ("best accuracy over epochs on the held-out validation split "
+                                 "(train.validation_examples): what a study selects on", True),
+    "test_accuracy_at_best_validation": ("test accuracy at the epoch of best validation "
+                                         "accuracy (first of a tie): what a study reports",
+                                         True),
 }
 
 
@@ -70,6 +76,7 @@ def run_metrics(results: dict, *, loss_upper_bound: float | None = None) -> dict
     updates = finite(_update_time_ms(e) for e in epochs)
     # Seed 002 reports the loss on the whole training set (train.eval_train_set = True);
     # otherwise the running mean over the last epoch's updates.
+    chosen = rs.validation_choice(epochs)  # {} without a validation split
     last_loss = (number(epochs[-1].get(rs.FULL_TRAIN_LOSS, epochs[-1].get(rs.TRAIN_LOSS)))
                  if epochs else None)
     return {
@@ -86,4 +93,6 @@ def run_metrics(results: dict, *, loss_upper_bound: float | None = None) -> dict
         "final_train_loss": last_loss,
         "epoch_time_s": statistics.median(times) if times else None,
         "update_time_ms": statistics.median(updates) if updates else None,
+        "best_validation_accuracy": number(chosen.get(rs.BEST_VALIDATION_ACCURACY)),
+        "test_accuracy_at_best_validation": number(chosen.get(rs.TEST_AT_BEST_VALIDATION)),
     }

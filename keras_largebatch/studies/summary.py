@@ -110,6 +110,8 @@ def _point_lines(study: Study, points: list[dict]) -> list[str]:
     """summary.md's table of grid points (mean +- std over seeds) and the best point."""
     metric = study.metric
     shown = [metric] + [c for c in SEED_COLUMNS if c != metric]
+    if metric == "best_validation_accuracy":  # selected on validation: report test there
+        shown.insert(1, "test_accuracy_at_best_validation")
     keys = ["run"] + [k for k in ("variant", *study.grid_keys) if k in points[0]]
     cols = keys + ["seeds", "completed", "diverged"] + shown
     lines = [f"Mean +- sample std over the completed seeds (n = completed), seeds "

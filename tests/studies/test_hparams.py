@@ -76,6 +76,20 @@ def test_the_metrics_are_the_studys(tmp_path):
     assert diverged["study/diverged_epoch"] == 2 and diverged["study/training_time_s"] == 3.0
 
 
+def test_a_study_selected_on_validation_also_shows_test_at_that_choice():
+    """Validation peaks at epoch 1 (0.9 > 0.8): the dashboard gets that and epoch 1's test
+    accuracy 0.7, not the best test accuracy 0.8."""
+    study = grid.sweep(grid={"train.batch_size": [32]}, metric="best_validation_accuracy")
+    results = {"status": "completed", "wall_time_s": 4.0, "epochs": [
+        {"epoch": 1, "train_loss": 0.5, "validation_accuracy": 0.9, "test_accuracy": 0.7},
+        {"epoch": 2, "train_loss": 0.4, "validation_accuracy": 0.8, "test_accuracy": 0.8}]}
+    values = hparams.metric_values(study, results, run_metrics(results))
+    assert values["study/best_validation_accuracy"] == 0.9
+    assert values["study/test_accuracy_at_best_validation"] == 0.7
+    assert {"study/best_validation_accuracy", "study/test_accuracy_at_best_validation"} <= set(
+        hparams.metric_tags(study))
+
+
 def test_the_dashboard_lists_every_finished_run_with_its_values(tmp_path):
     study = _study()
     runs = {"fixed__batch_size=32__lr_scaling=linear__seed=0": COMPLETED,

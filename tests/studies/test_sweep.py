@@ -14,7 +14,7 @@ import pytest
 
 from keras_largebatch import allocator
 from keras_largebatch.errors import UserInputError
-from keras_largebatch.studies import grid
+from keras_largebatch.studies import grid, summary
 from keras_largebatch.studies import metrics as mx
 from keras_largebatch.studies import results as rs
 from keras_largebatch.studies import sweep as sw
@@ -106,6 +106,53 @@ def test_run_metrics_are_the_papers():
     # the loop's own record of the epoch wins (divergence.epoch; diverged_epoch: test_results)
     assert mx.run_metrics({"status": "diverged", "epochs": epochs,
                            "divergence": {"epoch": 5, "step": 40}})["diverged_epoch"] == 5
+
+
+def test_validation_metrics_select_on_validation_and_report_test_there():
+    """By hand: validation peaks at epochs 2 and 3 (0.85, a tie: the first wins), so the
+    study reports epoch 2's test accuracy 0.84, neither the best test (0.90) nor the last."""
+    val, test = [0.70, 0.85, 0.85, 0.80], [0.71, 0.84, 0.88, 0.90]
+    epochs = [{"epoch": i + 1, "train_loss": 0.5, "validation_accuracy": v, "test_accuracy": t}
+              for i, (v, t) in enumerate(zip(val, test))]
+    m = mx.run_metrics({"status": "completed", "epochs": epochs})
+    assert m["best_validation_accuracy"] == 0.85
+    assert m["test_accuracy_at_best_validation"] == 0.84
+    assert m["best_test_accuracy"] == 0.90 and m["final_test_accuracy"] == 0.90
+    for e in epochs:  # no validation split held out: no choice
+        del e["validation_accuracy"]
+    m = mx.run_metrics({"status": "completed", "epochs": epochs})
+    assert m["best_validation_accuracy"] is None
+    assert m["test_accuracy_at_best_validation"] is None
+
+
+def test_a_study_selected_on_validation_shows_test_at_that_choice(tmp_path):
+    """summary.md picks the grid point with the best mean validation accuracy (lr 0.1 here,
+    though lr 0.2 has the better test accuracy) and shows test accuracy at each run's choice
+    as mean +- std over seeds (by hand: 0.80 and 0.84 -> 0.82 +- 0.0283)."""
+    study = grid.sweep(grid={"train.learning_rate": [0.1, 0.2]}, seeds=[0, 1],
+                       metric="best_validation_accuracy")
+    per_run = {"learning_rate=0.1": ([0.86, 0.88], [0.80, 0.84]),
+               "learning_rate=0.2": ([0.82, 0.83], [0.90, 0.91])}
+    for spec in study.runs:
+        point, seed = spec.name.split("__seed=")
+        v, t = per_run[point][0][int(seed)], per_run[point][1][int(seed)]
+        (tmp_path / spec.name).mkdir()
+        rs.write_results(str(tmp_path / spec.name), {
+            "status": "completed", "epochs": [
+                {"epoch": 1, "train_loss": 0.5, "validation_accuracy": v - 0.1,
+                 "test_accuracy": 0.5},
+                {"epoch": 2, "train_loss": 0.4, "validation_accuracy": v, "test_accuracy": t}]})
+    rows = summary.summary_rows(study, str(tmp_path), {})
+    summary.write_summary(study, str(tmp_path), rows, "validation")
+    md = (tmp_path / "summary.md").read_text()
+    assert "Best grid point by mean `best_validation_accuracy`: learning_rate=0.1" in md
+    header = next(line for line in md.splitlines() if line.startswith("| run |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols.index("best_validation_accuracy") < cols.index(
+        "test_accuracy_at_best_validation")
+    row = next(line for line in md.splitlines() if line.startswith("| learning_rate=0.1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[cols.index("test_accuracy_at_best_validation")] == "0.8200 +- 0.0283 (n=2)"
 
 
 # ---- The runner, on a fake CLI -------------------------------------------------------------------
