@@ -19,6 +19,12 @@ runs' `train.*` configurables:
     sweep.metric = 'median_last5_test_accuracy'          # the paper's metric (see METRICS)
     sweep.seeds = [0, 1, 2]                              # every run once per train.seed (optional)
 
+To choose learning rates without the test set, hold a validation split out of the training
+set in every run (`'train.validation_examples = 5000'` in base_bindings) and set
+`sweep.metric = 'best_validation_accuracy'`: the best grid point is then the one with the best
+mean validation accuracy, and summary.md shows next to it `test_accuracy_at_best_validation`,
+the test accuracy at each run's epoch of best validation accuracy (what a study reports).
+
 Runs are `<variant>__<key>=<value>__...` folders of `--sweep_dir` (`...__seed=<n>` with
 `sweep.seeds`: the summary and plots then give mean +- std over seeds, studies/seeds.py);
 each gets `base bindings + variant bindings + grid bindings (+ train.seed)` (later wins).

@@ -190,5 +190,7 @@ class EpochRunner:
             self.summaries.lars_trust_ratios(self.lars, step=epoch + 1)
         self.summaries.flush()
         if self.verbose:
+            held = (f" - validation_loss: {val['loss']:.4f} - "
+                    f"validation_accuracy: {val['accuracy']:.4f}" if val else "")
             print(f"  test_loss: {test_result['loss']:.4f} - "
-                  f"test_accuracy: {test_result['accuracy']:.4f}", flush=True)
+                  f"test_accuracy: {test_result['accuracy']:.4f}{held}", flush=True)

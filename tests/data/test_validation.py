@@ -46,12 +46,15 @@ def test_the_choice_is_the_first_epoch_of_the_best_validation_accuracy():
     assert rs.validation_choice([{"epoch": 1, "test_accuracy": 0.5}]) == {}
 
 
-def test_a_run_evaluates_the_split_every_epoch(tmp_path, two_cpu_strategy):
+def test_a_run_evaluates_the_split_every_epoch(tmp_path, two_cpu_strategy, capsys):
     source = fashion_subset(2048)
     results = train(run_dir=str(tmp_path / "run"), dataset=source, validation_examples=512,
                     batch_size=128, epochs=2, model_options={"filters": (8, 16), "dropout": 0.0},
-                    strategy=two_cpu_strategy, verbose=False)
+                    strategy=two_cpu_strategy, verbose=True)
     epochs = results["epochs"]
+    shown = [line for line in capsys.readouterr().out.splitlines() if "test_loss:" in line]
+    assert [line.split("validation_accuracy: ")[1] for line in shown] == [
+        f"{e['validation_accuracy']:.4f}" for e in epochs]  # the console shows it each epoch
     assert [e["batch_size"] for e in epochs] == [128, 128]
     assert all(0 < e["validation_accuracy"] <= 1 for e in epochs)
     assert results["best_validation_epoch"] in (1, 2)
