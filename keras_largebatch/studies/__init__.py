@@ -11,6 +11,7 @@ run folder (results.json, config.gin, TensorBoard, checkpoints) inside the sweep
     python -m keras_largebatch.studies.plot runs/<run_or_sweep_dir> [--runs='boom_*'] \\
         [--out_dir=runs/<study>/boom] [--notensorboard]
     python -m keras_largebatch.studies.batch_growth runs/<study> [--m0=32]
+    python -m keras_largebatch.studies.ba_onset runs/<study> [--m0=32] [--window=1000]
 
 (`python -m keras_largebatch.sweep` and `python -m keras_largebatch.plot` are the old names of
 the same commands.)
@@ -28,6 +29,7 @@ training loop can import too):
     run_data  one run folder read for the figures (Run)
     plot      the figures of a run or sweep folder, and its command line
     batch_growth  a batch-adaptive sweep's boom statistics per grid point, and its command line
+    ba_onset  BA growth against Eq. 7's noise term eta sigma / sqrt(m), per update, and its CLI
     executors the runs' execution: local subprocesses or Ray core tasks (the same CLI process)
     hparams   TensorBoard HParams summaries of a study's runs (written by the sweep)
     sweep     the runner and its command line (regenerates the plots at the end)

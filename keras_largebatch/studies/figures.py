@@ -15,6 +15,7 @@ mean +- std), and `accuracy_std` per point of the base-LR figure (error bars).
     plot_gradient_norm          gradient L2 norm over training          seed 003 Fig. 4
     plot_lars_local_lr          LARS local LR per layer over training   seed 004 Fig. 2
                                 (coloured by kind above 10 variables)
+    plot_ba_onset               loss vs Eq. 7's noise term per update   seed 002 Eq. 7, Fig. 5
 """
 
 from __future__ import annotations
@@ -247,4 +248,28 @@ def plot_lars_local_lr(panels: Mapping[str, Mapping[str, Curve]], path: str, *,
                   fontsize="x-small")
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_ba_onset(updates: Sequence[float], loss: Sequence[float], noise: Sequence[float],
+                  batch: Sequence[float], path: str, *, m0: float,
+                  title: str = "Loss against eta sigma / sqrt(m)") -> str:
+    """Per update of a BA run: the loss s and Eq. 7's noise term eta sigma / sqrt(m) on one log
+    axis (top), the batch m (bottom), the updates with m > m0 marked in both."""
+    fig = Figure(figsize=(6.4, 5.6), dpi=100)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    x = np.asarray(updates, float)
+    top.plot(x, loss, linewidth=0.6, label="loss s (the update's batch)")
+    top.plot(x, noise, linewidth=0.6, label="eta sigma / sqrt(m)")
+    grown = np.asarray(batch, float) > m0
+    if grown.any():
+        top.plot(x[grown], np.asarray(loss, float)[grown], "k.", markersize=3,
+                 label=f"updates with m > {m0:g}")
+    top.set_yscale("log")
+    top.set(ylabel="per update", title=title)
+    top.legend(fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.step(x, batch, where="post", linewidth=0.8)
+    bottom.set(xlabel="iteration (update)", ylabel="batch size m")
+    bottom.grid(alpha=0.3)
     return _save(fig, path)
