@@ -7,23 +7,26 @@ Eq. 7's expected next state depends on the batch m only through
     a = (s - S* - eta mu) sqrt(m) / (eta sigma)
 
 (s: the loss on the batch, S*: BAMomentum.loss_floor, mu and sigma: the mean and standard
-deviation of the moving step, eta: the learning rate). While the noise term eta sigma / sqrt(m)
-is small against s - S* - eta mu (a >> 1), a larger batch buys nothing and Eq. 9 keeps m0;
-growth pays once the noise term comes within reach of the expected state (a ~ 1). For every
-run of the sweep folder that logged BA-Momentum's per-update scalars (`ba/s`, `ba/mu`,
-`ba/sigma`, `ba/batch_size`, training/steps/ba_step.py) this draws, per update, s and
-eta sigma / sqrt(m) on one log axis with the grown updates marked
-(`<sweep_dir>/ba_onset/<run>.png`), and prints one markdown table, per grid point as
-mean +- sample std over its seeds:
+deviation of the moving step, eta: the learning rate). Where the noise term eta sigma / sqrt(m)
+is negligible against the gap |s - S* - eta mu| (|a| >> 1), a larger batch buys nothing and
+Eq. 9 keeps m0; growth can pay only once the noise term comes within reach of the gap (|a| of
+order 1; the gap is negative, the "rebound" of Eq. 6, when the step's expected decrease
+overshoots the floor). For every run of the sweep folder that logged BA-Momentum's per-update
+scalars (`ba/s`, `ba/mu`, `ba/sigma`, `ba/batch_size`, training/steps/ba_step.py; the values
+of the batch each update was made with) this draws the gap against the noise term, one dot per
+update, grown updates in black and |a| = 1 dashed (`<sweep_dir>/ba_onset/<run>.png`), and
+prints one markdown table, per grid point as mean +- sample std over its seeds:
 
-    updates       updates the run made
-    first_growth  the first update with m > m0 (runs that never grew: none)
-    grown         fraction of the updates with m > m0
-    a_first       a at the first grown update
-    a_early       median a over the first --window updates
-    a_late        median a over the last --window updates
-    loss_late     median s over the last --window updates
-    noise_late    median eta sigma / sqrt(m) over the last --window updates
+    updates         updates the run made
+    first_growth    the first update with m > m0 (runs that never grew: none)
+    grown           fraction of the updates with m > m0
+    abs_a_grown     median |a| over the grown updates
+    abs_a_kept      median |a| over the updates that kept m0
+    grown_a_lt_10   fraction grown among the updates with |a| < 10
+    grown_a_ge_100  fraction grown among the updates with |a| >= 100
+    rebound_grown   fraction of the grown updates whose gap is negative (s - S* < eta mu)
+    rebound_kept    the same among the updates that kept m0
+    loss_late       median s over the last --window updates
 
 eta per update is the learning rate its epoch recorded (results.json), placed by the epochs'
 `ba/updates_per_epoch`: exact for a constant LR and for schedules that change at epoch ends.
@@ -43,8 +46,8 @@ from keras_largebatch.studies.figures import plot_ba_onset
 from keras_largebatch.studies.run_data import Run
 from keras_largebatch.studies.seeds import group_by_point, mean_std
 
-COLUMNS = ("updates", "first_growth", "grown", "a_first", "a_early", "a_late", "loss_late",
-           "noise_late")
+COLUMNS = ("updates", "first_growth", "grown", "abs_a_grown", "abs_a_kept", "grown_a_lt_10",
+           "grown_a_ge_100", "rebound_grown", "rebound_kept", "loss_late")
 TAGS = ("ba/s", "ba/mu", "ba/sigma", "ba/batch_size")
 UPDATES_PER_EPOCH = "ba/updates_per_epoch"
 
@@ -71,7 +74,7 @@ def lr_per_update(updates: Sequence[int], epochs: Sequence[dict]) -> np.ndarray:
 
 
 def onset_series(run: Run) -> dict[str, np.ndarray] | None:
-    """Per update of one BA run: update, s, mu, sigma, m, eta, noise, a; None if not BA."""
+    """Per update of one BA run: update, s, mu, sigma, m, eta, gap, noise, a; None if not BA."""
     if not all(tag in run.scalars for tag in TAGS):
         return None
     steps = run.scalars["ba/s"][0]
@@ -87,6 +90,7 @@ def onset_series(run: Run) -> dict[str, np.ndarray] | None:
     m = values["batch_size"]
     return {"update": np.asarray(steps, np.float64), "s": values["s"], "mu": values["mu"],
             "sigma": values["sigma"], "m": m, "eta": lr,
+            "gap": values["s"] - floor - lr * values["mu"],
             "noise": lr * values["sigma"] / np.sqrt(m),
             "a": eq7_a(values["s"], floor, values["mu"], values["sigma"], m, lr)}
 
@@ -94,25 +98,33 @@ def onset_series(run: Run) -> dict[str, np.ndarray] | None:
 def onset_stats(series: dict[str, np.ndarray], *, m0: float, window: int) -> dict:
     """The COLUMNS of one run from its onset_series."""
     grown = series["m"] > m0
-    first = int(np.argmax(grown)) if grown.any() else None
-    median = lambda key, part: float(np.median(series[key][part]))  # noqa: E731
-    early, late = slice(0, window), slice(-window, None)
+    abs_a, rebound = np.abs(series["a"]), series["gap"] < 0
+
+    def share(flags, where) -> float | None:  # fraction of `flags` among `where`
+        return float(flags[where].mean()) if where.any() else None
+
+    def median(values, where) -> float | None:
+        return float(np.median(values[where])) if where.any() else None
+
     return {
         "updates": float(series["update"].size),
-        "first_growth": float(series["update"][first]) if first is not None else None,
+        "first_growth": float(series["update"][np.argmax(grown)]) if grown.any() else None,
         "grown": float(grown.mean()),
-        "a_first": float(series["a"][first]) if first is not None else None,
-        "a_early": median("a", early),
-        "a_late": median("a", late),
-        "loss_late": median("s", late),
-        "noise_late": median("noise", late),
+        "abs_a_grown": median(abs_a, grown),
+        "abs_a_kept": median(abs_a, ~grown),
+        "grown_a_lt_10": share(grown, abs_a < 10),
+        "grown_a_ge_100": share(grown, abs_a >= 100),
+        "rebound_grown": share(rebound, grown),
+        "rebound_kept": share(rebound, ~grown),
+        "loss_late": float(np.median(series["s"][-window:])),
     }
 
 
 def _cell(col: str, mean, std, n: int, total: int) -> str:
     if mean is None:
         return "none"
-    fmt = ".3f" if col == "grown" else ".0f" if col in ("updates", "first_growth") else ".3g"
+    fmt = (".3f" if col.startswith(("grown", "rebound"))
+           else ".0f" if col in ("updates", "first_growth") else ".3g")
     return (f"{mean:{fmt}}" + (f" +- {std:{fmt}}" if std is not None else "")
             + (f" ({n})" if n != total else ""))
 
@@ -134,9 +146,9 @@ def report(sweep_dir: str, *, m0: float = 32, window: int = 1000,
                 continue
             stats.append(onset_stats(series, m0=m0, window=window))
             if figures:
-                plot_ba_onset(series["update"], series["s"], series["noise"], series["m"],
+                plot_ba_onset(series["update"], series["gap"], series["noise"], series["m"],
                               os.path.join(sweep_dir, "ba_onset", f"{name}.png"), m0=m0,
-                              title=f"Loss against eta sigma / sqrt(m): {name}")
+                              title=f"Eq. 7's gap against eta sigma / sqrt(m): {name}")
         if not stats:
             continue
         found += len(stats)
@@ -169,7 +181,8 @@ def run() -> None:
 
     flags.DEFINE_float("m0", 32, "The initial batch: an update with a larger batch has grown.")
     flags.register_validator("m0", lambda m0: m0 > 0, "must be positive, e.g. --m0=32")
-    flags.DEFINE_integer("window", 1000, "a_early / a_late: medians over this many updates.",
+    flags.DEFINE_integer("window", 1000, "loss_late: the median over the last this many "
+                         "updates.",
                          lower_bound=1)
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli_flags.parse)
 

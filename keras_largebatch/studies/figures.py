@@ -15,7 +15,7 @@ mean +- std), and `accuracy_std` per point of the base-LR figure (error bars).
     plot_gradient_norm          gradient L2 norm over training          seed 003 Fig. 4
     plot_lars_local_lr          LARS local LR per layer over training   seed 004 Fig. 2
                                 (coloured by kind above 10 variables)
-    plot_ba_onset               loss vs Eq. 7's noise term per update   seed 002 Eq. 7, Fig. 5
+    plot_ba_onset               Eq. 7's gap vs its noise term, per update  seed 002 Eq. 7
 """
 
 from __future__ import annotations
@@ -251,25 +251,30 @@ def plot_lars_local_lr(panels: Mapping[str, Mapping[str, Curve]], path: str, *,
     return _save(fig, path)
 
 
-def plot_ba_onset(updates: Sequence[float], loss: Sequence[float], noise: Sequence[float],
+def plot_ba_onset(updates: Sequence[float], gap: Sequence[float], noise: Sequence[float],
                   batch: Sequence[float], path: str, *, m0: float,
-                  title: str = "Loss against eta sigma / sqrt(m)") -> str:
-    """Per update of a BA run: the loss s and Eq. 7's noise term eta sigma / sqrt(m) on one log
-    axis (top), the batch m (bottom), the updates with m > m0 marked in both."""
-    fig = Figure(figsize=(6.4, 5.6), dpi=100)
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
-    x = np.asarray(updates, float)
-    top.plot(x, loss, linewidth=0.6, label="loss s (the update's batch)")
-    top.plot(x, noise, linewidth=0.6, label="eta sigma / sqrt(m)")
-    grown = np.asarray(batch, float) > m0
+                  title: str = "Eq. 7's gap against eta sigma / sqrt(m)") -> str:
+    """Per update of a BA run: |s - S* - eta mu| against Eq. 7's noise term
+    eta sigma / sqrt(m) on log axes (top; colour: the update, black: updates with m > m0,
+    dashed: |a| = 1), and the batch m of every update (bottom)."""
+    fig = Figure(figsize=(6.4, 7.0), dpi=100)
+    top, bottom = fig.subplots(2, 1, height_ratios=[2, 1])
+    x, y = np.asarray(noise, float), np.abs(np.asarray(gap, float))
+    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    grown = (np.asarray(batch, float) > m0) & keep
+    dots = top.scatter(x[keep], y[keep], c=np.asarray(updates, float)[keep], s=2,
+                       cmap="viridis", linewidths=0)
+    fig.colorbar(dots, ax=top, label="update")
     if grown.any():
-        top.plot(x[grown], np.asarray(loss, float)[grown], "k.", markersize=3,
-                 label=f"updates with m > {m0:g}")
-    top.set_yscale("log")
-    top.set(ylabel="per update", title=title)
+        top.scatter(x[grown], y[grown], s=6, color="black", label=f"m > {m0:g}")
+    if keep.any():
+        lo, hi = min(x[keep].min(), y[keep].min()), max(x[keep].max(), y[keep].max())
+        top.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="|a| = 1")
+    top.set(xscale="log", yscale="log", xlabel="eta sigma / sqrt(m)",
+            ylabel="|s - S* - eta mu|", title=title)
     top.legend(fontsize="small")
     top.grid(alpha=0.3)
-    bottom.step(x, batch, where="post", linewidth=0.8)
+    bottom.step(np.asarray(updates, float), batch, where="post", linewidth=0.8)
     bottom.set(xlabel="iteration (update)", ylabel="batch size m")
     bottom.grid(alpha=0.3)
     return _save(fig, path)

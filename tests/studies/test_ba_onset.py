@@ -65,11 +65,16 @@ def test_onset_statistics_by_hand(onset_sweep):
     assert series["a"] == pytest.approx(a)
     assert series["noise"] == pytest.approx([lr * sg / math.sqrt(m)
                                              for sg, m, lr in zip(SIGMA, M, LR)])
+    assert series["gap"] == pytest.approx([s - lr * mu for s, mu, lr in zip(S, MU, LR)])
     stats = ba_onset.onset_stats(series, m0=32, window=2)
     assert stats["updates"] == 4 and stats["first_growth"] == 3 and stats["grown"] == 0.25
-    assert stats["a_first"] == pytest.approx(a[2])
-    assert stats["a_early"] == pytest.approx(np.median(a[:2]))
-    assert stats["a_late"] == pytest.approx(np.median(a[2:]))
+    # a by hand: 0.8 sqrt(32) / 0.4 = 8 sqrt 2, 0.4 sqrt(32) / 0.4 = 4 sqrt 2,
+    # 0.15 sqrt(64) / 0.1 = 12, 0.075 sqrt(32) / 0.1 = 3 sqrt 2; the third update grew
+    assert a == pytest.approx([8 * math.sqrt(2), 4 * math.sqrt(2), 12.0, 3 * math.sqrt(2)])
+    assert stats["abs_a_grown"] == pytest.approx(12.0)
+    assert stats["abs_a_kept"] == pytest.approx(4 * math.sqrt(2))  # median of 11.3, 5.7, 4.2
+    assert stats["grown_a_lt_10"] == 0.0 and stats["grown_a_ge_100"] is None
+    assert stats["rebound_grown"] == 0.0 and stats["rebound_kept"] == 0.0  # every gap > 0
     assert stats["loss_late"] == pytest.approx(0.15)
     assert ba_onset.onset_series(ba_onset.Run(str(onset_sweep / "mini32__seed=0"))) is None
 
@@ -79,6 +84,7 @@ def test_report_is_mean_over_seeds_with_a_figure_per_run(onset_sweep):
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in text.splitlines()}
     assert "mini32" not in rows
     assert rows["ba"][:3] == ["2", "4 +- 0", "3 +- 0"]  # two seeds, 4 updates, first growth 3
+    assert rows["ba"][9] == "0.000 +- 0.000"  # rebound_kept
     for seed in (0, 1):
         assert (onset_sweep / "ba_onset" / f"ba__seed={seed}.png").stat().st_size > 1000
 
@@ -98,3 +104,13 @@ def test_cli_bad_input_is_one_error_line(onset_sweep, tmp_path, args, message):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_rebound_is_a_negative_gap():
+    """An update whose expected decrease eta mu overshoots the floor (s - S* < eta mu)."""
+    series = {"update": np.array([1.0, 2.0]), "s": np.array([0.1, 0.1]),
+              "m": np.array([64.0, 32.0]), "gap": np.array([-0.05, 0.05]),
+              "a": np.array([-20.0, 200.0])}
+    stats = ba_onset.onset_stats(series, m0=32, window=1)
+    assert stats["rebound_grown"] == 1.0 and stats["rebound_kept"] == 0.0
+    assert stats["abs_a_grown"] == 20.0 and stats["grown_a_ge_100"] == 0.0
