@@ -21,7 +21,8 @@ alternating round by round (bench/timing.py), each round a run of --epochs epoch
 
 Measured: ms per update over epochs 2.. (epoch 1 holds tracing), for the framework and fit from
 their own epoch times (the framework's `epoch_time_s` includes its actions and progress bar,
-not the evaluation). Printed: each variant's median, its ratio to `bare` (>1: slower), and the
+not the evaluation). Printed: each variant's median, its ratio to `bare` (>1: slower; the ratio
+of the medians, and the median of the per-round ratios, which a drifting machine moves less), the
 framework's host overhead per update in microseconds, framework_K - bare_K (K = auto: against
 bare, one call per update).
 """
@@ -37,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from timing import alternate, bench_parser, median, session, smoke  # noqa: E402
+from timing import alternate, bench_parser, median, ratios, session, smoke  # noqa: E402
 
 from keras_largebatch.data import DataSource  # noqa: E402
 from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
@@ -163,8 +164,10 @@ def main(argv=None) -> None:
         times = alternate(variants, args.rounds)
         base = median(times["bare"])
         for name, values in times.items():
+            per_round = median(ratios(values, times["bare"]))
             print(f"{name:14s} {median(values):7.3f} ms/update  x{median(values) / base:.3f} "
-                  f"of bare (rounds: {' '.join(f'{v:.3f}' for v in values)})", flush=True)
+                  f"of bare (per round: median x{per_round:.3f}; rounds: "
+                  f"{' '.join(f'{v:.3f}' for v in values)})", flush=True)
         for k in args.loops:
             ref = 1 if k == "auto" else k  # 'auto' against one call per update
             loop = median(times["bare"] if ref == 1 else times[f"bare_{ref}"])

@@ -149,7 +149,8 @@ RESULT = {
     "backends": r"SGD momentum vs BA-Momentum diagonal .*time ratio: median \d",
     "allocator": r"wall time glibc / tcmalloc: \d+\.\d\dx",
     "startup": r"ratio with / without jax: wall \d+\.\d{3}",
-    "host_overhead": r"framework host overhead at K=4: -?\d+ us per update",
+    "host_overhead": r"(?s)per round: median x\d+\.\d{3}.*"
+                     r"framework host overhead at K=4: -?\d+ us per update",
     "ba_parts": r"diagonal: ba_full +wall +\d+\.\d\d ms +CPU +\d+\.\d\d ms +CPU / plain \d",
     "noise_scale": r"2 replica\(s\): without \d+\.\d\d ms, with \d+\.\d\d ms per update; "
                    r"with / without \d+\.\d{3}",
