@@ -355,3 +355,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_runs(real_sweep):
     assert (out / GRID_RUNS[0] / "results.json").stat().st_mtime_ns == real_sweep["mtime"]
     assert _headers(out, GRID_RUNS[0]) == 1  # launched once, in the killed sweep
     assert [f"start {n}" in resumed.stdout for n in GRID_RUNS] == [False, True, True, True]
+
+
+def test_summary_cells_keep_small_losses_readable():
+    assert summary.cell(0.8, True) == "0.8000" and summary.cell(0.0, True) == "0.0000"
+    assert summary.cell(2.5636e-6, True) == "2.564e-06"  # not 0.0000
+    assert summary.cell(0.00123, True) == "0.0012"
+    assert summary.cell(12345.0, True) == "1.234e+04" and summary.cell(None) == ""
