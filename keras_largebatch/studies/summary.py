@@ -143,7 +143,9 @@ def write_summary(study: Study, sweep_dir: str, rows: list[dict], title: str) ->
 
     metric = study.metric
     cols = [c for c in fields if c not in METRICS and c != "error"]
-    cols += [metric] + [m for m in METRICS if m != metric] + ["error"]
+    shown = [metric] + (["test_accuracy_at_best_validation"]  # chosen on validation: test there
+                        if metric == "best_validation_accuracy" else [])
+    cols += shown + [m for m in METRICS if m not in shown] + ["error"]
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"]
                                                                             for r in rows)}
     lines = [f"# Sweep {title}", ""]

@@ -153,6 +153,18 @@ def test_a_study_selected_on_validation_shows_test_at_that_choice(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| learning_rate=0.1 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[cols.index("test_accuracy_at_best_validation")] == "0.8200 +- 0.0283 (n=2)"
+    # without seeds: one row per run, the test accuracy at the choice next to the metric
+    single = grid.sweep(grid={"train.learning_rate": [0.1, 0.2]},
+                        metric="best_validation_accuracy")
+    for spec in single.runs:
+        os.replace(tmp_path / f"{spec.name}__seed=0", tmp_path / spec.name)
+    summary.write_summary(single, str(tmp_path), summary.summary_rows(single, str(tmp_path), {}),
+                          "validation")
+    header = next(line for line in (tmp_path / "summary.md").read_text().splitlines()
+                  if line.startswith("| run |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols.index("test_accuracy_at_best_validation") == cols.index(
+        "best_validation_accuracy") + 1
 
 
 # ---- The runner, on a fake CLI -------------------------------------------------------------------
