@@ -26,7 +26,7 @@ import time
 
 from keras_largebatch.studies import results as rs
 from keras_largebatch.studies.grid import RunSpec, Study
-from keras_largebatch.studies.metrics import METRICS
+from keras_largebatch.studies.metrics import METRICS, headline
 from keras_largebatch.studies.results import number
 
 HPARAMS_DIR = os.path.join("tensorboard", "hparams")
@@ -43,16 +43,9 @@ METRIC_TAGS = {
 
 def metric_tags(study: Study) -> dict[str, tuple[str, str]]:
     tags = dict(METRIC_TAGS)
-    for metric in _selected(study):
+    for metric in headline(study.metric):
         tags.setdefault(f"study/{metric}", (metric, METRICS[metric][0]))
     return tags
-
-
-def _selected(study: Study) -> list[str]:
-    """The study's metric; selected on validation, also the test accuracy at that choice."""
-    if study.metric == "best_validation_accuracy":
-        return [study.metric, "test_accuracy_at_best_validation"]
-    return [study.metric]
 
 
 def hparam_values(study: Study, spec: RunSpec) -> dict[str, bool | int | float | str]:
@@ -74,7 +67,7 @@ def metric_values(study: Study, results: dict, metrics: dict) -> dict[str, float
         "study/best_test_accuracy": metrics.get("best_test_accuracy"),
         "study/diverged_epoch": metrics.get("diverged_epoch"),
         "study/training_time_s": number(results.get(rs.WALL_TIME_S)),
-        **{f"study/{m}": metrics.get(m) for m in _selected(study)},
+        **{f"study/{m}": metrics.get(m) for m in headline(study.metric)},
     }
     return {k: float(v) for k, v in values.items() if number(v) is not None}
 

@@ -35,6 +35,14 @@ METRICS: dict[str, tuple[str, bool]] = {
                                          True),
 }
 
+# A metric a study selects on, and the one it then reports at that choice.
+REPORTED_AT_CHOICE = {"best_validation_accuracy": "test_accuracy_at_best_validation"}
+
+
+def headline(metric: str) -> list[str]:
+    """The study's metric, then what it reports at the choice the metric makes (if any)."""
+    return [metric] + ([REPORTED_AT_CHOICE[metric]] if metric in REPORTED_AT_CHOICE else [])
+
 
 def loss_bad(epoch: dict, bound: float | None) -> bool:
     """Whether an epoch's training loss is non-finite or above the study's bound."""

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from keras_largebatch import files
 from keras_largebatch.studies import results as rs
 from keras_largebatch.studies.grid import Study
-from keras_largebatch.studies.metrics import METRICS, run_metrics
+from keras_largebatch.studies.metrics import METRICS, headline, run_metrics
 from keras_largebatch.studies.results import number, read_results
 from keras_largebatch.studies.seeds import mean_std, split_name
 
@@ -110,9 +110,8 @@ def pm(mean, std, n: int | None = None) -> str:
 def _point_lines(study: Study, points: list[dict]) -> list[str]:
     """summary.md's table of grid points (mean +- std over seeds) and the best point."""
     metric = study.metric
-    shown = [metric] + [c for c in SEED_COLUMNS if c != metric]
-    if metric == "best_validation_accuracy":  # selected on validation: report test there
-        shown.insert(1, "test_accuracy_at_best_validation")
+    shown = headline(metric)  # selected on validation: the test accuracy there next
+    shown += [c for c in SEED_COLUMNS if c not in shown]
     keys = ["run"] + [k for k in ("variant", *study.grid_keys) if k in points[0]]
     cols = keys + ["seeds", "completed", "diverged"] + shown
     lines = [f"Mean +- sample std over the completed seeds (n = completed), seeds "
@@ -143,8 +142,7 @@ def write_summary(study: Study, sweep_dir: str, rows: list[dict], title: str) ->
 
     metric = study.metric
     cols = [c for c in fields if c not in METRICS and c != "error"]
-    shown = [metric] + (["test_accuracy_at_best_validation"]  # chosen on validation: test there
-                        if metric == "best_validation_accuracy" else [])
+    shown = headline(metric)
     cols += shown + [m for m in METRICS if m not in shown] + ["error"]
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"]
                                                                             for r in rows)}
