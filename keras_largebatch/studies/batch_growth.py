@@ -62,6 +62,15 @@ def run_stats(run: Run, *, m0: float, last_updates: int) -> dict:
     return growth_stats(sizes, losses, m0=m0, last_updates=last_updates)
 
 
+def _loss_format(value: float) -> str:
+    """4 decimals, or 4 significant digits below 0.001 (a loss of 2.6e-6 is not 0.0000)."""
+    return ".4f" if value == 0 or abs(value) >= 1e-3 else ".4g"
+
+
+def _fmt(value: float, fmt) -> str:
+    return format(value, fmt(value) if callable(fmt) else fmt)
+
+
 def table(sweep_dir: str, *, m0: float = 32, last_updates: int = 1000) -> str:
     """The markdown table of every completed run folder of `sweep_dir`, by grid point."""
     names = sorted(n for n in os.listdir(sweep_dir)
@@ -80,8 +89,9 @@ def table(sweep_dir: str, *, m0: float = 32, last_updates: int = 1000) -> str:
             if mean is None:
                 cells.append("none")
                 continue
-            fmt = ".4f" if col.startswith("loss") else ".3f" if col.startswith("grown") else ".0f"
-            cells.append(f"{mean:{fmt}}" + (f" +- {std:{fmt}}" if std is not None else "")
+            fmt = _loss_format if col.startswith("loss") else (
+                ".3f" if col.startswith("grown") else ".0f")
+            cells.append(_fmt(mean, fmt) + (f" +- {_fmt(std, fmt)}" if std is not None else "")
                          + (f" ({n})" if n != len(stats) else ""))
         lines.append(f"| {point} | {len(stats)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

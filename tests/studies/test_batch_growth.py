@@ -86,3 +86,11 @@ def test_loss_is_the_whole_training_set_when_every_epoch_has_it(tmp_path):
     run = _write_run(tmp_path / "ba__seed=1", epochs=epochs)
     stats = batch_growth.run_stats(batch_growth.Run(str(run)), m0=32, last_updates=1000)
     assert stats["loss_last5"] == pytest.approx(0.5)
+
+
+def test_small_losses_keep_their_digits(tmp_path):
+    for seed, loss in ((0, 2.0e-6), (1, 4.0e-6)):
+        _write_run(tmp_path / f"ba__seed={seed}", epochs=_epochs([0.8] * 5, losses=[loss] * 5),
+                   scalars={"ba/batch_size": [(1, 32)]})
+    row = batch_growth.table(str(tmp_path), m0=32).splitlines()[2].split(" | ")
+    assert row[6] == "3e-06 +- 1.414e-06"  # loss_last5: mean 3e-6, sample std sqrt(2) e-6
