@@ -36,6 +36,17 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
 
 
+def assert_one_error_line(module: str, args, message: str) -> None:
+    """`python -m module ARGS` from the repo root exits 2 with one `error:` line holding
+    `message` and no traceback (the project's rule for bad input)."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    errors = error_lines(proc)
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def tree_state(path: Path, *, skip_content: str = "") -> dict[str, str]:
     """Every entry under `path` (links not followed) -> sha256 of a file's bytes, "dir", or
     "link -> target": equal dicts mean byte-identical trees. Files whose relative path starts

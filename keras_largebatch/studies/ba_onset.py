@@ -42,6 +42,7 @@ import numpy as np
 
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.studies import results as rs
+from keras_largebatch.studies.batch_growth import define_m0_flag, folder_main
 from keras_largebatch.studies.figures import plot_ba_onset
 from keras_largebatch.studies.run_data import Run
 from keras_largebatch.studies.seeds import group_by_point, mean_std
@@ -163,15 +164,8 @@ def report(sweep_dir: str, *, m0: float = 32, window: int = 1000,
 def main(argv: Sequence[str]) -> int:
     from absl import flags
 
-    try:
-        if len(argv) != 2 or not os.path.isdir(argv[1]):
-            raise UserInputError(f"expected one sweep folder, got {list(argv[1:])!r}: "
-                                 "python -m keras_largebatch.studies.ba_onset runs/<study>")
-        print(report(argv[1], m0=flags.FLAGS.m0, window=flags.FLAGS.window))
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return folder_main(argv, "ba_onset", lambda folder: report(
+        folder, m0=flags.FLAGS.m0, window=flags.FLAGS.window))
 
 
 def run() -> None:
@@ -179,11 +173,9 @@ def run() -> None:
 
     from keras_largebatch import cli_flags
 
-    flags.DEFINE_float("m0", 32, "The initial batch: an update with a larger batch has grown.")
-    flags.register_validator("m0", lambda m0: m0 > 0, "must be positive, e.g. --m0=32")
+    define_m0_flag()
     flags.DEFINE_integer("window", 1000, "loss_late: the median over the last this many "
-                         "updates.",
-                         lower_bound=1)
+                         "updates.", lower_bound=1)
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli_flags.parse)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -97,19 +97,33 @@ def table(sweep_dir: str, *, m0: float = 32, last_updates: int = 1000) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> int:
-    from absl import flags
-
+def folder_main(argv: Sequence[str], command: str, report: Callable[[str], str]) -> int:
+    """A command line that reads one sweep folder and prints `report(folder)` (this module's
+    and ba_onset's): bad input is one `error:` line and exit status 2."""
     try:
         if len(argv) != 2 or not os.path.isdir(argv[1]):
             raise UserInputError(f"expected one sweep folder, got {list(argv[1:])!r}: "
-                                 "python -m keras_largebatch.studies.batch_growth runs/<study>")
-        m0, last = flags.FLAGS.m0, flags.FLAGS.last_updates
-        print(table(argv[1], m0=m0, last_updates=last))
+                                 f"python -m keras_largebatch.studies.{command} runs/<study>")
+        print(report(argv[1]))
     except UserInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def define_m0_flag() -> None:
+    """--m0, the initial batch of a batch-adaptive run (this module's and ba_onset's)."""
+    from absl import flags
+
+    flags.DEFINE_float("m0", 32, "The initial batch: an update with a larger batch has grown.")
+    flags.register_validator("m0", lambda m0: m0 > 0, "must be positive, e.g. --m0=32")
+
+
+def main(argv: Sequence[str]) -> int:
+    from absl import flags
+
+    return folder_main(argv, "batch_growth", lambda folder: table(
+        folder, m0=flags.FLAGS.m0, last_updates=flags.FLAGS.last_updates))
 
 
 def run() -> None:
@@ -117,8 +131,7 @@ def run() -> None:
 
     from keras_largebatch import cli_flags
 
-    flags.DEFINE_float("m0", 32, "The initial batch: an update with a larger batch has grown.")
-    flags.register_validator("m0", lambda m0: m0 > 0, "must be positive, e.g. --m0=32")
+    define_m0_flag()
     flags.DEFINE_integer("last_updates", 1000, "grown_late counts the last this many updates.",
                          lower_bound=1)
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli_flags.parse)

@@ -2,8 +2,6 @@
 figure, and its CLI's bad input."""
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from keras_largebatch.optimizers import ba_math
 from keras_largebatch.studies import ba_onset
 
-from ..cli import REPO
+from ..cli import assert_one_error_line
 from .test_plot import _epochs, _write_run
 
 
@@ -97,13 +95,8 @@ def test_report_is_mean_over_seeds_with_a_figure_per_run(onset_sweep):
 ])
 def test_cli_bad_input_is_one_error_line(onset_sweep, tmp_path, args, message):
     paths = {"sweep": onset_sweep, "missing": tmp_path / "nope", "empty": tmp_path}
-    proc = subprocess.run([sys.executable, "-m", "keras_largebatch.studies.ba_onset",
-                           *[a.format(**paths) for a in args]],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_one_error_line("keras_largebatch.studies.ba_onset",
+                          [a.format(**paths) for a in args], message)
 
 
 def test_the_rebound_is_a_negative_gap():

@@ -1,13 +1,11 @@
 """studies/batch_growth.py: the boom statistics against hand counts, and its CLI's bad input."""
 
-import subprocess
-import sys
 
 import pytest
 
 from keras_largebatch.studies import batch_growth
 
-from ..cli import REPO
+from ..cli import assert_one_error_line
 from .test_plot import _epochs, _write_run
 
 
@@ -64,13 +62,8 @@ def test_table_is_mean_and_std_over_completed_seeds(boom_sweep):
 ])
 def test_cli_bad_input_is_one_error_line(boom_sweep, tmp_path, args, message):
     paths = {"sweep": boom_sweep, "missing": tmp_path / "nope", "empty": tmp_path}
-    proc = subprocess.run([sys.executable, "-m", "keras_largebatch.studies.batch_growth",
-                           *[a.format(**paths) for a in args]],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_one_error_line("keras_largebatch.studies.batch_growth",
+                          [a.format(**paths) for a in args], message)
 
 
 def test_loss_is_the_whole_training_set_when_every_epoch_has_it(tmp_path):
