@@ -31,6 +31,7 @@ from keras_largebatch.errors import UserInputError
 from keras_largebatch.studies import results as rs
 from keras_largebatch.studies.run_data import Run
 from keras_largebatch.studies.seeds import group_by_point, mean_std
+from keras_largebatch.studies.summary import cell
 
 COLUMNS = ("grown", "grown_late", "max_batch", "first_growth", "loss_last5", "loss_min")
 
@@ -62,13 +63,12 @@ def run_stats(run: Run, *, m0: float, last_updates: int) -> dict:
     return growth_stats(sizes, losses, m0=m0, last_updates=last_updates)
 
 
-def _loss_format(value: float) -> str:
-    """4 decimals, or 4 significant digits below 0.001 (a loss of 2.6e-6 is not 0.0000)."""
-    return ".4f" if value == 0 or abs(value) >= 1e-3 else ".4g"
-
-
-def _fmt(value: float, fmt) -> str:
-    return format(value, fmt(value) if callable(fmt) else fmt)
+def _number(col: str, value: float) -> str:
+    """A loss as summary.md writes metrics (4 significant digits below 0.001), shares to 3
+    decimals, counts whole."""
+    if col.startswith("loss"):
+        return cell(float(value), True)
+    return format(value, ".3f" if col.startswith("grown") else ".0f")
 
 
 def table(sweep_dir: str, *, m0: float = 32, last_updates: int = 1000) -> str:
@@ -89,9 +89,8 @@ def table(sweep_dir: str, *, m0: float = 32, last_updates: int = 1000) -> str:
             if mean is None:
                 cells.append("none")
                 continue
-            fmt = _loss_format if col.startswith("loss") else (
-                ".3f" if col.startswith("grown") else ".0f")
-            cells.append(_fmt(mean, fmt) + (f" +- {_fmt(std, fmt)}" if std is not None else "")
+            cells.append(_number(col, mean)
+                         + (f" +- {_number(col, std)}" if std is not None else "")
                          + (f" ({n})" if n != len(stats) else ""))
         lines.append(f"| {point} | {len(stats)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
