@@ -69,6 +69,8 @@ CASES = {
     "log_every_steps": ([B + "train.log_every_steps = 0"], "train.log_every_steps"),
     "deterministic_string": ([B + "train.deterministic = 'no'"],
                              "train.deterministic='no' must be True or False"),
+    "cnn_batch_norm_string": ([B + "cnn_fashion.batch_norm = 'yes'"],
+                              "cnn_fashion.batch_norm='yes' must be True or False"),
     "sgd_momentum": ([B + "SGD.momentum = 1.5"], "SGD.momentum = 1.5"),
     "sgd_nesterov_string": ([B + "SGD.nesterov = 'no'"], "SGD.nesterov='no' must be True or"),
     "lars_weight_decay": ([B + "train.optimizer = 'lars'", B + "LARS.weight_decay = -0.01"],

@@ -194,6 +194,25 @@ def test_reduced_alexnet_rejects_unknown_bn_option():
         )
 
 
+def test_seed_002_cnn_counts_by_hand_with_and_without_bn():
+    # Convs 3x3 with 1 -> 32 -> 64 -> 128 channels, three 'same' pools 28 -> 14 -> 7 -> 4,
+    # dense 4 * 4 * 128 -> 10. Without BN each conv has a bias; with BN the bias goes and
+    # each BN brings gamma and beta (2 per channel).
+    plain = build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10)
+    assert trainable_count(plain) == 320 + 18_496 + 73_856 + 20_490 == 113_162
+    assert not bn_layers(plain)
+    bn = build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10,
+                     batch_norm=True, bn_momentum=0.9)
+    assert trainable_count(bn) == (288 + 64) + (18_432 + 128) + (73_728 + 256) + 20_490
+    assert [b.name for b in bn_layers(bn)] == ["conv1_bn", "conv2_bn", "conv3_bn"]
+    assert all(b.momentum == 0.9 for b in bn_layers(bn))
+    # conv (no bias) -> BN -> ReLU -> pool, in that order
+    names = [layer.name for layer in bn.layers]
+    assert names[1:5] == ["conv1", "conv1_bn", "conv1_relu", "pool1"]
+    assert not bn.get_layer("conv1").use_bias
+    check_logits(bn, (28, 28, 1), 10)
+
+
 def test_alexnet_bn_at_imagenet_size_has_bvlc_geometry():
     model = build_model("alexnet_bn", input_shape=(227, 227, 3), num_classes=1000)
     assert model.get_layer("conv1").strides == (4, 4)
@@ -288,6 +307,7 @@ def stand_in_ghost_bn(monkeypatch):
         ("alexnet_bn", {}),
         ("resnet8", {}),
         ("vgg19_bn", {"fc_units": ()}),
+        ("cnn_fashion", {"batch_norm": True}),
     ],
 )
 def test_bn_batch_size_swaps_every_bn_layer_for_ghost_bn(
