@@ -15,7 +15,10 @@ alternating round by round (bench/timing.py), each round a run of --epochs epoch
     bare        one `tf.function` call per update on batches already in memory
     bare_K      K updates per call (a `tf.range` loop over an in-memory dataset iterator)
     framework_K `keras_largebatch.training.loop.train(steps_per_loop=K)` in this process
-                (K = auto: the default, calls of ~0.1 s, training/loop_length.py)
+                (K = auto: the default, calls of ~0.1 s, training/loop_length.py), the
+                training set held on the device (train.inputs_on_device, the default)
+    framework_K_map  (--with_map) the same with the pipeline's map making every batch
+                (train.inputs_on_device = False), the input before data/device_data.py
     fit_K       `model.fit(steps_per_execution=K)` on the same arrays, reshuffled every epoch
                 (fit's default, and what the framework's input does; bare reads in order)
 
@@ -110,12 +113,12 @@ def bare(x, y, epochs: int, k: int) -> float:
     return 1e3 * median(times[1:])
 
 
-def framework(source: DataSource, epochs: int, k: int) -> float:
+def framework(source: DataSource, epochs: int, k: int, on_device: bool = True) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         results = train(run_dir=os.path.join(tmp, "run"), dataset=source, model_options=OPTIONS,
                         optimizer="momentum", learning_rate=0.01, batch_size=BATCH,
                         epochs=epochs, steps_per_loop=k, checkpoint_every_steps=0,
-                        verbose=False)
+                        inputs_on_device=on_device, verbose=False)
     steps = source.num_train // BATCH
     return 1e3 * median([e["epoch_time_s"] / steps for e in results["epochs"][1:]])
 
@@ -148,6 +151,8 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loops", type=loop_arg, nargs="+", default=[1, 8, 32, "auto"])
+    parser.add_argument("--with_map", action="store_true",
+                        help="also time the framework with the input pipeline's map")
     args = smoke(parser.parse_args(argv), examples=256, epochs=2, rounds=1, loops=[1, 4, "auto"])
     source = subset(args.examples)
     x, y = arrays(source)
@@ -156,6 +161,9 @@ def main(argv=None) -> None:
         if k != "auto" and k > 1:
             variants[f"bare_{k}"] = lambda _r, k=k: bare(x, y, args.epochs, k)
         variants[f"framework_{k}"] = lambda _r, k=k: framework(source, args.epochs, k)
+        if args.with_map:
+            variants[f"framework_{k}_map"] = lambda _r, k=k: framework(source, args.epochs, k,
+                                                                       on_device=False)
         if k != "auto":
             variants[f"fit_{k}"] = lambda _r, k=k: fit(x, y, args.epochs, k)
     with session(f"TF {tf.__version__}, Keras {keras.__version__}; cnn_fashion filters=(2,), "

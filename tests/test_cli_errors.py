@@ -69,6 +69,12 @@ CASES = {
     "log_every_steps": ([B + "train.log_every_steps = 0"], "train.log_every_steps"),
     "deterministic_string": ([B + "train.deterministic = 'no'"],
                              "train.deterministic='no' must be True or False"),
+    "inputs_on_device_string": ([B + "train.inputs_on_device = 'yes'"],
+                                "train.inputs_on_device must be True, False or 'auto'"),
+    "inputs_on_device_with_repeats": ([B + "train.inputs_on_device = True",
+                                       B + "train.repeats = 2"],
+                                      "train.inputs_on_device = True cannot be used: "
+                                      "train.repeats = 2 copies"),
     "cnn_batch_norm_string": ([B + "cnn_fashion.batch_norm = 'yes'"],
                               "cnn_fashion.batch_norm='yes' must be True or False"),
     "sgd_momentum": ([B + "SGD.momentum = 1.5"], "SGD.momentum = 1.5"),

@@ -28,6 +28,10 @@ per epoch (N // B) does not depend on M.
 
 Batches are cut with `batch(b)` after `take(steps * B)`, never with a partial final batch, so
 the element spec has a `None` batch dimension: one traced train step serves every batch size.
+
+`indices_only=True` (in-memory sources, no repeats or augmentation: data/device_data.py) yields
+each replica's chunk of permuted indices instead of its images and labels, with no map: the
+step gathers the rows from the training set held on its device. Same chunks, same order.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ def train_dataset_fn(
     skip_steps: int = 0,
     repeats: int = 1,
     augment: Augment | None = None,
+    indices_only: bool = False,
 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """Return `fn(input_context) -> per-replica batches` for one training epoch.
 
@@ -99,6 +104,8 @@ def train_dataset_fn(
     """
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise UserInputError(f"repeats must be an integer >= 1; got {repeats!r}")
+    if indices_only and (not source.in_memory or repeats != 1 or augment is not None):
+        raise ValueError("indices_only needs an in-memory source without repeats or augment")
     steps = steps_per_epoch(source.num_train, global_batch_size)
     shuffle_seed = epoch_seed(seed, epoch)
     normalize = _normalizer(source)
@@ -137,15 +144,17 @@ def train_dataset_fn(
             )
             gather = lambda c, xy: (c, xy[0], xy[1])  # noqa: E731
         elif source.in_memory:
-            x = tf.constant(source.train_arrays[0])
-            y = tf.constant(source.train_arrays[1])
-            chunks = (
+            indices = (
                 tf.data.Dataset.range(source.num_train)
                 .shuffle(source.num_train, seed=shuffle_seed, reshuffle_each_iteration=False)
                 .take(steps * global_batch_size)
                 .batch(b)
-                .enumerate()
             )
+            if indices_only:
+                return _index_chunks(indices, ctx, skip_steps)
+            x = tf.constant(source.train_arrays[0])
+            y = tf.constant(source.train_arrays[1])
+            chunks = indices.enumerate()
             gather = lambda c, idx: (c, tf.gather(x, idx), tf.gather(y, idx))  # noqa: E731
         else:
             chunks = (
@@ -163,10 +172,28 @@ def train_dataset_fn(
         chunks = chunks.skip(skip_steps * local)
         ds = chunks.map(lambda c, v: prepare(*gather(c, v)),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF  # sharded above, by chunk
-        )
-        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+        return _finish(ds)
 
     return dataset_fn
+
+
+def _index_chunks(indices: tf.data.Dataset, ctx: tf.distribute.InputContext,
+                  skip_steps: int) -> tf.data.Dataset:
+    """This worker's replicas' index chunks (`indices_only`): chunk c of the epoch goes to
+    global replica c % R, as the images do below; no map on a single worker."""
+    replicas, workers = ctx.num_replicas_in_sync, ctx.num_input_pipelines
+    local = replicas // workers
+    if workers > 1:
+        worker = ctx.input_pipeline_id
+        indices = (indices.enumerate()
+                   .filter(lambda c, _: (c % replicas) // local == worker)
+                   .map(lambda c, idx: idx))
+    return _finish(indices.skip(skip_steps * local))
+
+
+def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF  # sharded by chunk, above
+    )
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_largebatch.data import DataSource, check_batch_size
+from keras_largebatch.data import DataSource, check_batch_size, device_data
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.goodput.adascale import AdaScaled
 from keras_largebatch.models import build_model
@@ -125,6 +125,25 @@ class Parts:
     step: TrainStep | BAChunkStep
     augment: object
 
+    @property
+    def indices_only(self) -> bool:
+        """The input pipeline yields index chunks: the step gathers (data/device_data.py)."""
+        return getattr(self.step, "device_data", None) is not None
+
+
+def inputs_on_device(config: RunConfig, source: DataSource, augment, *, ba: bool) -> bool:
+    """train.inputs_on_device resolved: True, False or 'auto' (where it applies and fits)."""
+    wanted = config.data.inputs_on_device
+    if wanted is False:
+        return False
+    why_not = ("BA-Momentum's chunk step reads whole batches" if ba
+               else device_data.applies(source, repeats=config.data.repeats, augment=augment))
+    if wanted is True and why_not:
+        raise UserInputError(f"train.inputs_on_device = True cannot be used: {why_not}; "
+                             f"use 'auto' or False")
+    return not why_not and (wanted is True
+                            or device_data.normalized_bytes(source) <= device_data.AUTO_MAX_BYTES)
+
 
 def build_parts(config: RunConfig, components: Components, strategy: tf.distribute.Strategy,
                 source: DataSource, progress, *, learning_rate, guard) -> Parts:
@@ -149,6 +168,7 @@ def build_parts(config: RunConfig, components: Components, strategy: tf.distribu
         augment = components.make_augment(augment, input_shape=source.input_shape,
                                           mean=source.mean)
     check_jit_settings(net, opt, jit_compile=o.jit_compile, deterministic=config.deterministic)
+    on_device = inputs_on_device(config, source, augment, ba=isinstance(opt, BAMomentum))
     if isinstance(opt, BAMomentum):  # seed 002: the optimizer picks each update's batch
         check_ba_settings(opt, config)
         if opt.dataset_size is None:
@@ -163,7 +183,9 @@ def build_parts(config: RunConfig, components: Components, strategy: tf.distribu
                          or bool(o.adapt_grad_norm_every),
                          adapt_grad_norm_every=o.adapt_grad_norm_every,
                          noise_scale_reference_batch=(initial_batch_size(config)
-                                                      if o.noise_scale else None))
+                                                      if o.noise_scale else None),
+                         device_data=(device_data.DeviceData.create(source, strategy)
+                                      if on_device else None))
     return Parts(model=net, optimizer=opt, metrics=metrics, step=step, augment=augment)
 
 

@@ -120,7 +120,7 @@ class EpochRunner:
         return epoch_inputs(self.strategy, train_dataset_fn(
             self.source, global_batch_size=phase.batch_size, epoch=epoch,
             seed=self.config.seed, skip_steps=skip, repeats=data.repeats,
-            augment=self.parts.augment))
+            augment=self.parts.augment, indices_only=self.parts.indices_only))
 
     def _begin(self, position: Position) -> float:
         """Start (or re-enter) the epoch: the actions' windows, and the epoch's LR."""

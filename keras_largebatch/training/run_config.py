@@ -81,8 +81,15 @@ class DataConfig:
     validation_examples: int | None = setting(None, "hold the last N training examples out "
                                               "as a validation split, evaluated every epoch "
                                               "(data/validation.py); None: none")
+    inputs_on_device: bool | str = setting("auto", "hold an in-memory training set, normalised, "
+                                           "on each replica's device and gather batches in "
+                                           "the step (data/device_data.py); 'auto': where it "
+                                           "applies and fits 1 GiB per replica")
 
     def __post_init__(self):
+        if self.inputs_on_device != "auto" and not isinstance(self.inputs_on_device, bool):
+            raise UserInputError(f"train.inputs_on_device must be True, False or 'auto'; got "
+                                 f"{self.inputs_on_device!r}")
         if not validate.is_int(self.repeats) or self.repeats < 1:
             raise UserInputError(f"train.repeats must be an integer >= 1; got {self.repeats!r}")
         _positive_int("train.eval_batch_size", self.eval_batch_size)

@@ -11,6 +11,8 @@ metrics and the `Progress` (fractional epoch, samples seen) advance.
 
 The distributed iterator's element spec has a `None` batch dimension (see data/pipeline.py),
 so `tf.function` traces this once for the whole run; `trace_count` lets tests check that.
+With `device_data` (data/device_data.py) the iterator yields each replica's index chunk and
+the replica gathers its batch from the training set held on its device.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_largebatch.data.device_data import DeviceData
 from keras_largebatch.errors import UserInputError
 from keras_largebatch.schedules.progress import Progress
 from keras_largebatch.training.metrics import RunningMetrics, example_stats
@@ -67,6 +70,7 @@ class TrainStep:
         gradient_norm: bool = False,
         adapt_grad_norm_every: int | None = None,
         noise_scale_reference_batch: int | None = None,
+        device_data: DeviceData | None = None,
     ):
         if adapt_grad_norm_every is not None and (
                 isinstance(adapt_grad_norm_every, bool)
@@ -85,6 +89,7 @@ class TrainStep:
         self.loss_fn = per_example_loss_fn()
         self.trace_count = 0
         self.max_per_replica_batch = max_per_replica_batch
+        self.device_data = device_data
         self.gradient_norm = gradient_norm
         self.adapt_grad_norm_every = adapt_grad_norm_every
         # Seed 003's gradient-norm adaptation factor on the data loss (1 = off); checkpointed.
@@ -235,8 +240,16 @@ class TrainStep:
 
     def _distributed_step(self, iterator):
         self.trace_count += 1  # Python side effect: runs only while tracing
-        images, labels = next(iterator)
-        self._train_on(images, labels)
+        batch = next(iterator)
+        if self.device_data is not None:  # batch: this replica's indices
+            data = self.device_data
+            self._after_replicas(self.strategy.run(
+                self._replica_step_on_indices, args=(batch, data.images, data.labels)))
+        else:
+            self._train_on(*batch)
+
+    def _replica_step_on_indices(self, indices, images, labels):
+        return self._replica_step(*DeviceData.lookup(indices, images, labels))
 
     def _distributed_rescale_step(self, iterator):
         """Every `adapt_grad_norm_every` updates: re-estimate grad_scale, then train."""
@@ -247,7 +260,10 @@ class TrainStep:
         self._train_on(images, labels)
 
     def _train_on(self, images, labels):
-        packed = self.strategy.run(self._replica_step, args=(images, labels))
+        self._after_replicas(self.strategy.run(self._replica_step, args=(images, labels)))
+
+    def _after_replicas(self, packed):
+        """Cross-replica context: the running metrics, the noise scale and the progress."""
         loss_sum, correct, count, norm, local_sqr, one_replica_total, parts = summed_scalars(
             self.strategy, packed)
         self.metrics.update(loss_sum, correct, count)
