@@ -33,6 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 Curve = tuple[Sequence[float], Sequence[float]]
+TITLE_MARGIN_IN = 0.05  # clear space left and right of a title (5 px at 100 dpi)
 
 
 def _figure(width: float = 6.4, height: float = 4.2):
@@ -42,10 +43,13 @@ def _figure(width: float = 6.4, height: float = 4.2):
 
 def _fit_titles(fig) -> None:
     """Wrap every title wider than the figure onto more lines (at spaces), so a long study
-    title ("Training loss: <study> (mean +- std over seeds 0, 1, 2)") is not cut at the edge."""
+    title ("Training loss: <study> (mean +- std over seeds 0, 1, 2)") is not cut at the edge,
+    nor touches it: a margin of TITLE_MARGIN_IN inches stays clear on both sides."""
+    margin = TITLE_MARGIN_IN * fig.dpi
+
     def cut(text) -> bool:  # a title is centred on its axes, so it can leave either side
         box = text.get_window_extent()
-        return box.x0 < 0 or box.x1 > fig.bbox.width
+        return box.x0 < margin or box.x1 > fig.bbox.width - margin
 
     for text in [ax.title for ax in fig.axes] + list(fig.texts):
         words = " ".join(text.get_text().split("\n"))
