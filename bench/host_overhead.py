@@ -5,6 +5,7 @@ Run (from the repository root):
     .venv/bin/python bench/host_overhead.py
     .venv/bin/python bench/host_overhead.py --rounds 3 --loops 1 8 32 auto --examples 20000
     .venv/bin/python bench/host_overhead.py --smoke     # 1 round, tiny sizes: runs, no number
+    .venv/bin/python bench/host_overhead.py --batch 8   # a ~1-2 ms step on a slower CPU
 
 The seed-002 Fashion-MNIST CNN shrunk to one 2-filter convolution (`filters=(2,)`, dropout off),
 global batch 32, the first --examples real Fashion-MNIST training images, fixed batch, one CPU
@@ -48,7 +49,7 @@ from keras_largebatch.data.sources import fashion_mnist  # noqa: E402
 from keras_largebatch.models import build_model  # noqa: E402
 from keras_largebatch.training.loop import train  # noqa: E402
 
-BATCH = 32
+BATCH = 32  # --batch: smaller where the CPU is slower, to keep the step near a GPU's ~1-2 ms
 OPTIONS = {"filters": (2,), "dropout": 0.0}
 
 
@@ -151,9 +152,12 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loops", type=loop_arg, nargs="+", default=[1, 8, 32, "auto"])
+    parser.add_argument("--batch", type=int, default=BATCH, help="global batch per update")
     parser.add_argument("--with_map", action="store_true",
                         help="also time the framework with the input pipeline's map")
     args = smoke(parser.parse_args(argv), examples=256, epochs=2, rounds=1, loops=[1, 4, "auto"])
+    global BATCH
+    BATCH = args.batch
     source = subset(args.examples)
     x, y = arrays(source)
     variants = {"bare": lambda _r: bare(x, y, args.epochs, 1)}
