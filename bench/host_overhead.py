@@ -147,6 +147,7 @@ def loop_arg(text: str) -> int | str:
 
 
 def main(argv=None) -> None:
+    global BATCH  # --batch sets the module's batch, read by bare / framework / fit
     parser = bench_parser(__doc__)
     parser.add_argument("--examples", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=3)
@@ -156,7 +157,6 @@ def main(argv=None) -> None:
     parser.add_argument("--with_map", action="store_true",
                         help="also time the framework with the input pipeline's map")
     args = smoke(parser.parse_args(argv), examples=256, epochs=2, rounds=1, loops=[1, 4, "auto"])
-    global BATCH
     BATCH = args.batch
     source = subset(args.examples)
     x, y = arrays(source)
