@@ -41,6 +41,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from keras_largebatch.data import device_data
 from keras_largebatch.data.sources import DataSource
 from keras_largebatch.errors import UserInputError
 
@@ -104,8 +105,9 @@ def train_dataset_fn(
     """
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise UserInputError(f"repeats must be an integer >= 1; got {repeats!r}")
-    if indices_only and (not source.in_memory or repeats != 1 or augment is not None):
-        raise ValueError("indices_only needs an in-memory source without repeats or augment")
+    why_not = indices_only and device_data.applies(source, repeats=repeats, augment=augment)
+    if why_not:
+        raise ValueError(f"indices_only cannot be used: {why_not}")
     steps = steps_per_epoch(source.num_train, global_batch_size)
     shuffle_seed = epoch_seed(seed, epoch)
     normalize = _normalizer(source)
