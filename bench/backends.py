@@ -3,6 +3,8 @@
     KERAS_BACKEND=jax PYTHONPATH=.jax-packages .venv/bin/python bench/backends.py [--batch 256]
     KERAS_BACKEND=torch python bench/backends.py --data_dir DIR     # where PyTorch is installed
     .venv/bin/python bench/backends.py --smoke     # ResNet-8, batch 16, 1 step, 1 round: runs only
+    KERAS_BACKEND=jax PYTHONPATH=.jax-packages .venv/bin/python bench/backends.py --ba_only \
+        --ba_chunk 32 --ba_modes diagonal,diagonal_per_example   # BA's diagonal, both paths
 
 Backend-neutral (Keras and NumPy only; no TensorFlow), so it runs on JAX, PyTorch and TensorFlow
 alike, on whatever device the backend picks (a GPU if there is one). Data: the real
@@ -19,7 +21,8 @@ with plain `model.fit` (the backend's default compilation, e.g. jit on JAX) on t
 3. BA-Momentum (seed 002; TensorFlow and JAX): the seed-002 CNN (`cnn_fashion`) with SGD
    momentum at batch `--ba_chunk` vs `BAModel` + `BAMomentum(min_increment=--ba_chunk)` in
    each covariance mode, fed chunks of that size: time per sample (BA applies fewer, larger
-   updates; its extra cost is the per-example statistics of every chunk).
+   updates; its extra cost is the per-example statistics of every chunk). `--ba_modes` picks
+   the modes; `diagonal_per_example` times the per-example path of "diagonal".
 
 The first `fit` of each model (compilation) is not timed; then the two alternate for `--rounds`
 rounds (A B, then B A, ...: bench/timing.py's `alternate`) so both see the same machine state.
@@ -85,7 +88,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=40, help="steps per timed fit")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--ba_chunk", type=int, default=128, help="BA's min_increment (0: skip)")
+    p.add_argument("--ba_modes", default="projection,diagonal",
+                   help="BA covariance modes, comma-separated (also: diagonal_per_example)")
     p.add_argument("--model", default="resnet20", help="the network of comparisons 1 and 2")
+    p.add_argument("--ba_only", action="store_true", help="comparison 3 only")
     args = smoke(p.parse_args(argv), batch=16, virtual_batch=8, steps=1, rounds=1, ba_chunk=16,
                  model="resnet8")
     x, y = load(args.data_dir, args.steps * args.batch)
@@ -97,6 +103,9 @@ def main(argv=None) -> None:
 def measure(x, y, args) -> None:
     sgd = lambda: keras.optimizers.SGD(0.1, momentum=0.9)
     net = args.model
+    if args.ba_only:
+        compare_ba(x, y, args)
+        return
     compare(f"SGD momentum vs LARS (Keras BN, {net})", model(None, sgd(), net),
             model(None, LARS(0.1, momentum=0.9, weight_decay=5e-4), net), x, y, args)
     compare(f"Keras BN vs ghost BN {args.virtual_batch} (SGD momentum, {net})",
@@ -106,8 +115,11 @@ def measure(x, y, args) -> None:
 
 
 def ba_models(mode: str, chunk: int) -> tuple[keras.Model, keras.Model]:
-    """(cnn_fashion with SGD momentum, the same weights in a BAModel with BAMomentum)."""
+    """(cnn_fashion with SGD momentum, the same weights in a BAModel with BAMomentum);
+    mode "diagonal_per_example": "diagonal" from per-example gradients (the path for models
+    with layers the batched pass does not cover)."""
     from keras_largebatch.optimizers import BAModel, BAMomentum
+    from keras_largebatch.optimizers.ba_covariance import DiagonalCovariance
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     keras.utils.set_random_seed(0)
@@ -115,8 +127,12 @@ def ba_models(mode: str, chunk: int) -> tuple[keras.Model, keras.Model]:
     plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss)
     keras.utils.set_random_seed(0)
     ba = BAModel(build_model("cnn_fashion", input_shape=(28, 28, 1), num_classes=10))
-    ba.compile(optimizer=BAMomentum(0.01, momentum=0.9, min_increment=chunk, covariance=mode,
-                                    max_batch_size=4096), loss=loss)
+    per_example = mode == "diagonal_per_example"
+    optimizer = BAMomentum(0.01, momentum=0.9, min_increment=chunk, max_batch_size=4096,
+                           covariance="diagonal" if per_example else mode)
+    if per_example:
+        optimizer._estimator = DiagonalCovariance(per_example=True)  # noqa: SLF001
+    ba.compile(optimizer=optimizer, loss=loss)
     return plain, ba
 
 
@@ -124,7 +140,7 @@ def compare_ba(x, y, args) -> None:
     if keras.backend.backend() not in ("tensorflow", "jax"):
         print(f"BA-Momentum: not on {keras.backend.backend()} (supported: tensorflow, jax)")
         return
-    for mode in ("projection", "diagonal"):
+    for mode in args.ba_modes.split(","):
         compare(f"SGD momentum vs BA-Momentum {mode} (cnn_fashion, chunks of {args.ba_chunk})",
                 *ba_models(mode, args.ba_chunk), x, y, args, batch=args.ba_chunk)
 

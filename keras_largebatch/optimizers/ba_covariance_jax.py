@@ -17,23 +17,31 @@ and per `BAMomentum(covariance=...)` mode the sums that sigma^2 = f^T Sigma f ne
   sum_j (p_j - f . f)^2 with p_j = dl_j/dz_j . (z_j(theta + eps f) - z_j(theta)) / eps = f . g_j
   (finite difference on the outputs, eps = fd_step * max(|theta|, 1) / |f|, exactly as on
   TensorFlow, so both backends take the same decisions).
-- "diagonal": per-example gradients by `jax.vmap` of `jax.value_and_grad` over the examples;
-  stats["sq_sum"] = sum_j g_j**2 per coordinate.
-- "full": the same per-example gradients; stats["outer_sum"] = sum_j vec(g_j) vec(g_j)^T.
+- "diagonal": stats["sq_sum"] = sum_j g_j**2 per coordinate, from one batched forward and
+  backward pass (ba_sum_grad_squared_jax.py, as TensorFlow's ba_sum_grad_squared.py) when every
+  trainable variable belongs to a covered layer (Dense, Conv2D); otherwise (with a warning
+  naming the layers) from per-example gradients as "full" below.
+- "full": per-example gradients by `jax.vmap` of `jax.value_and_grad` over the examples;
+  stats["outer_sum"] = sum_j vec(g_j) vec(g_j)^T.
 
-In the exact modes every example j gets its own dropout masks (its seed states offset by
+On the per-example path every example j gets its own dropout masks (its seed states offset by
 j * 1_000_003, as on TensorFlow) and the seed states then advance once; batch-coupled layers
 (BatchNorm) see one example and their moving statistics are not updated (use "projection").
+The batched pass draws the chunk's masks in one call, as a plain training step does.
 Weight regularisers are added to every example's loss; activity regularisers are ignored.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
 import keras
 
 from keras_largebatch.optimizers.ba_covariance import _SEED_STRIDE, _float32_compute
+from keras_largebatch.optimizers.ba_sum_grad_squared import uncovered_layers
+from keras_largebatch.optimizers.ba_sum_grad_squared_jax import batched_sum_grad_squared
 
 
 def _per_example(loss_fn, y, y_pred, n):
@@ -53,12 +61,14 @@ def _regularization(model, trainable):
     return jax.value_and_grad(total)(list(trainable))
 
 
-def chunk_statistics(mode, model, loss_fn, trainable, non_trainable, x, y, *, fd_step=3e-4):
+def chunk_statistics(mode, model, loss_fn, trainable, non_trainable, x, y, *, fd_step=3e-4,
+                     per_example=False):
     """(statistics of one chunk, the model's non-trainable state after it); see module doc.
 
     `trainable`, `non_trainable`: arrays in the order of `model.trainable_variables` /
     `model.non_trainable_variables`; `loss_fn(y_true, y_pred)` returns one loss per example.
-    `stats["y_pred"]` holds the outputs (for metrics).
+    `stats["y_pred"]` holds the outputs (for metrics). `per_example=True` takes the
+    per-example path in "diagonal" mode even where the batched pass covers the model.
     """
     trainable, non_trainable = list(trainable), list(non_trainable)
     n = keras.tree.flatten(x)[0].shape[0]
@@ -66,6 +76,13 @@ def chunk_statistics(mode, model, loss_fn, trainable, non_trainable, x, y, *, fd
     if mode == "projection":
         stats, new_non_trainable = _projection(model, loss_fn, trainable, non_trainable, x, y,
                                                n, fd_step, reg_grads)
+    elif mode == "diagonal" and not per_example and _batched(model):
+        stats, new_non_trainable = batched_sum_grad_squared(
+            model, lambda p: _per_example(loss_fn, y, p, n), trainable, non_trainable, x, n)
+        if reg_grads is not None:  # every g_j gains r: sum_j (g_j + r)^2 = S2 + 2 r S1 + n r^2
+            stats["sq_sum"] = [q + 2.0 * r * g + n * jnp.square(r)
+                               for q, g, r in zip(stats["sq_sum"], stats["grad_sum"], reg_grads)]
+            stats["grad_sum"] = [g + n * r for g, r in zip(stats["grad_sum"], reg_grads)]
     elif mode in ("diagonal", "full"):
         stats, new_non_trainable = _exact(mode, model, loss_fn, trainable, non_trainable, x, y,
                                           n, reg_grads)
@@ -75,6 +92,16 @@ def chunk_statistics(mode, model, loss_fn, trainable, non_trainable, x, y, *, fd
     if reg is not None:
         stats["loss_sum"] = stats["loss_sum"] + n * reg
     return stats, new_non_trainable
+
+
+def _batched(model):
+    """Whether the batched pass covers `model` (warns, naming the layers, where it does not)."""
+    uncovered = uncovered_layers(model, model.trainable_variables)
+    if uncovered:
+        warnings.warn(f"covariance='diagonal': no batched formula for {', '.join(uncovered)}"
+                      "; using slower per-example gradients (BatchNormalization then sees "
+                      "each example alone).", stacklevel=4)
+    return not uncovered
 
 
 def _projection(model, loss_fn, trainable, non_trainable, x, y, n, fd_step, reg_grads):

@@ -12,7 +12,8 @@ backend/jax/trainer.py). `BATrainStep.train_step` sends JAX calls here:
     return logs, (new trainable, non_trainable, optimizer, metrics arrays)
 
 The per-example statistics are ba_covariance_jax.py (`jax.vjp` + one extra forward pass for
-"projection", `jax.vmap` for "diagonal" / "full"); the optimizer's chunk protocol is
+"projection", one batched pass for "diagonal" on covered layers, `jax.vmap` for "full" and the
+rest); the optimizer's chunk protocol is
 ba_momentum_jax.py. The update is data-dependent (it happens once |Y_t| >= m*): every
 assignment is `jnp.where(did_update, new, old)`, so one compiled step serves every chunk.
 The data-parallel sums over a sharded batch are global under `jax.jit`, so no explicit
@@ -46,7 +47,8 @@ def jax_train_step(model, state, data):
     optimizer = model.optimizer
     stats, non_trainable = chunk_statistics(
         optimizer.covariance, model, model._ba_loss_fn, trainable, non_trainable, x, y,  # noqa: SLF001
-        fd_step=optimizer.fd_step)
+        fd_step=optimizer.fd_step,
+        per_example=getattr(optimizer._estimator, "per_example", False))  # noqa: SLF001
 
     mapping = list(zip(optimizer.variables, optimizer_state))
     mapping += list(zip(model.trainable_variables, trainable))

@@ -118,6 +118,9 @@ def _install(layer):
     def recording_activation(z):
         record = getattr(_ACTIVE, "record", None)
         if record is not None and key in record and record[key][-1][1] is None:
+            shift = getattr(_ACTIVE, "shift", None)
+            if shift is not None:  # z + 0, differentiated for dL/dz (ba_sum_grad_squared_jax.py)
+                z = shift(key, len(record[key]) - 1, z)
             record[key][-1][1] = z
         return z if activation is None else activation(z)
 
@@ -128,10 +131,11 @@ def _install(layer):
 
 
 @contextlib.contextmanager
-def _recording(layers):
+def _recording(layers, shift=None):
     """Inside, each call of a layer in `layers` in this thread appends [input, z] to the
     yielded record {id(layer): [...]}. Wrappers are shared by threads (MirroredStrategy
-    replicas) and removed when the last recorder leaves."""
+    replicas) and removed when the last recorder leaves. `shift(id(layer), call index, z)`,
+    when given, replaces z (recorded and passed to the activation)."""
     with _LOCK:
         for layer in layers:
             entry = _INSTALLED.setdefault(id(layer), [0, None])
@@ -139,10 +143,11 @@ def _recording(layers):
                 entry[1] = _install(layer)
             entry[0] += 1
     _ACTIVE.record = {id(layer): [] for layer in layers}
+    _ACTIVE.shift = shift
     try:
         yield _ACTIVE.record
     finally:
-        _ACTIVE.record = None
+        _ACTIVE.record = _ACTIVE.shift = None
         with _LOCK:
             for layer in layers:
                 entry = _INSTALLED[id(layer)]

@@ -151,6 +151,85 @@ def non_finite() -> str:
     return "no error"
 
 
+def conv_net(dropout=0.0):
+    """ba_sum_grad_squared's test network (strides, padding, dilation, no bias, a Dense on
+    positions, a shared Dense called twice, dropout, an L2 term) with NumPy weights."""
+    import keras
+
+    conv = keras.layers.Conv2D
+    inputs = keras.Input((12, 12, 2))
+    x = conv(4, 3, padding="same", activation="tanh",
+             kernel_regularizer=keras.regularizers.L2(1e-2))(inputs)
+    x = conv(5, 3, strides=2, padding="valid", activation="relu")(x)  # 5x5
+    x = conv(3, 2, strides=2, padding="same", use_bias=False)(x)  # 3x3
+    x = conv(4, 3, dilation_rate=2, padding="same", activation="elu")(x)
+    x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Reshape((9, 4))(x)
+    x = keras.layers.Dense(3, activation="tanh")(x)
+    x = keras.layers.Flatten()(x)
+    shared = keras.layers.Dense(27, activation="sigmoid")
+    outputs = keras.layers.Dense(5)(shared(shared(x)))
+    model = keras.Model(inputs, outputs)
+    model.set_weights(initial_weights([w.shape for w in model.get_weights()], seed=3))
+    return model
+
+
+def conv_data(n=6):
+    rng = np.random.default_rng(1)
+    return (rng.normal(size=(n, 12, 12, 2)).astype("float32"),
+            rng.integers(0, 5, size=(n,)).astype("int32"))
+
+
+def batched_sums() -> dict:
+    """JAX only: "diagonal" chunk sums of `conv_net` from the batched pass (its CPU form, a scan
+    over examples, and its accelerator form, one batched einsum), from the per-example path,
+    and from `jax.jacrev` of the per-example losses of one batched forward pass (the same
+    dropout masks), with and without dropout; lists of float64 arrays per variable."""
+    import functools
+
+    import jax
+    import keras
+
+    from keras_largebatch.optimizers import ba_covariance_jax
+    from keras_largebatch.optimizers.ba_covariance_jax import chunk_statistics
+
+    batched = ba_covariance_jax.batched_sum_grad_squared
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    x, y = conv_data()
+    out = {}
+    for dropout in (0.0, 0.3):
+        model = conv_net(dropout)
+        trainable = [v.value for v in model.trainable_variables]
+        state = [v.value for v in model.non_trainable_variables]
+
+        def per_example(values, model=model, state=state):
+            y_pred, _ = model.stateless_call(values, state, x, training=True)
+            reg = sum(r(v) for v, r in zip(values, [getattr(w, "regularizer", None)
+                                                    for w in model.trainable_variables]) if r)
+            return loss(y, y_pred) + reg
+
+        jac = [np.asarray(j, np.float64) for j in jax.jacrev(per_example)(trainable)]
+        record = {"jacrev": {"grad_sum": [j.sum(0).tolist() for j in jac],
+                             "sq_sum": [(j**2).sum(0).tolist() for j in jac]}}
+        for name, per, scan in (("batched", False, True), ("batched_einsum", False, False),
+                                ("per_example", True, None)):
+            ba_covariance_jax.batched_sum_grad_squared = functools.partial(batched, scan=scan)
+            try:
+                stats, after = chunk_statistics("diagonal", model, loss, trainable, state, x, y,
+                                                per_example=per)
+            finally:
+                ba_covariance_jax.batched_sum_grad_squared = batched
+            record[name] = {k: [np.asarray(t, np.float64).tolist() for t in stats[k]]
+                            for k in ("grad_sum", "sq_sum")}
+            record[name]["loss_sum"] = float(stats["loss_sum"])
+            record[name]["state_after"] = [np.asarray(a, np.int64).tolist()
+                                         for a, b in zip(after, state)]
+        record["seed_before"] = [np.asarray(b, np.int64).tolist() for b in state]
+        out[f"dropout_{dropout}"] = record
+    return out
+
+
 def main(argv):
     out_path, tmp_dir = argv[1], argv[2] if len(argv) > 2 else "."
     import keras
@@ -158,7 +237,8 @@ def main(argv):
     results = {"backend": keras.backend.backend(),
                "one_chunk": {c: one_chunk(c) for c in ("projection", "diagonal", "full")},
                "one_chunk_authors": one_chunk("diagonal", sigma_convention="authors"),
-               "trajectories": trajectories()}
+               "trajectories": trajectories(),
+               "batched_sums": batched_sums()}
     # before saving: Keras' own `model.save` imports TensorFlow on JAX when it is installed
     results["tensorflow_imported"] = "tensorflow" in sys.modules
     results["save"] = save_and_continue(tmp_dir)

@@ -125,6 +125,46 @@ def test_jax_fit_takes_the_tensorflow_updates(jax_results, tf_trajectories, mode
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def _close(got, want, rtol=2e-5):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dropout", ["0.0", "0.3"])
+def test_jax_batched_diagonal_sums_equal_jacrev(jax_results, dropout):
+    """sum_n g_n and sum_n g_n**2 of the batched pass (ba_sum_grad_squared_jax.py; its scan
+    over examples and its batched einsum) against jax.jacrev's per-example gradients of one
+    batched forward pass (the same dropout masks), with an L2 term in every example's loss;
+    the seed state advances once."""
+    run = jax_results["batched_sums"][f"dropout_{dropout}"]
+    for key in ("grad_sum", "sq_sum"):
+        _close(run["batched"][key], run["jacrev"][key])
+        _close(run["batched_einsum"][key], run["jacrev"][key])
+        if dropout == "0.0":  # the per-example path draws other masks under dropout
+            _close(run["per_example"][key], run["jacrev"][key])
+    # one seed generator state (dropout's) where there is dropout, none without
+    assert len(run["seed_before"]) == (dropout == "0.3")
+    for path in ("batched", "batched_einsum", "per_example"):
+        steps = [np.subtract(a, b).tolist()
+                 for a, b in zip(run[path]["state_after"], run["seed_before"], strict=True)]
+        assert steps == [[0, 1]] * len(steps)
+
+
+@pytest.mark.slow
+def test_jax_batched_diagonal_sums_equal_tensorflow_brute_force(jax_results):
+    """The same network and weights on TensorFlow: per-example gradients one by one (tape)."""
+    from tests.optimizers.test_ba_sum_grad_squared import brute_force
+
+    x, y = worker.conv_data()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    want_sum, want_sq = brute_force(worker.conv_net(0.0), x, y, loss)
+    run = jax_results["batched_sums"]["dropout_0.0"]["batched"]
+    _close(run["grad_sum"], want_sum, rtol=1e-4)
+    _close(run["sq_sum"], want_sq, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_jax_save_mid_batch_and_continue_equals_uninterrupted(jax_results):
     saved = jax_results["save"]
