@@ -35,9 +35,9 @@ saved mid-training continues exactly (`compile_from_config`).
 
 Backends: TensorFlow (`ba_chunk_step`, distributed under tf.distribute) and JAX, where
 `train_step(state, data)` is the jitted stateless step of ba_model_jax.py (per-example
-statistics by `jax.vjp` / `jax.vmap`, same updates as on TensorFlow); every covariance mode on
-both. `ba_chunk_step` (custom loops) is TensorFlow code. PyTorch: the constructor raises an
-error naming the supported backends.
+statistics by `jax.vjp`, one batched pass or `jax.vmap`, same updates as on TensorFlow); every
+covariance mode on both. `ba_chunk_step` (custom loops) is TensorFlow code. PyTorch: the
+constructor raises an error naming the supported backends.
 
 `BAModel` logs `batch_size_per_update` (mean size of the updates applied so far this epoch),
 `updates` (their number), and the latest `m_star`, `mu`, `sigma` and `s`. A model subclass can
