@@ -223,8 +223,7 @@ def batched_sums() -> dict:
             record[name] = {k: [np.asarray(t, np.float64).tolist() for t in stats[k]]
                             for k in ("grad_sum", "sq_sum")}
             record[name]["loss_sum"] = float(stats["loss_sum"])
-            record[name]["state_after"] = [np.asarray(a, np.int64).tolist()
-                                         for a, b in zip(after, state)]
+            record[name]["state_after"] = [np.asarray(a, np.int64).tolist() for a in after]
         record["seed_before"] = [np.asarray(b, np.int64).tolist() for b in state]
         out[f"dropout_{dropout}"] = record
     return out

@@ -144,6 +144,8 @@ def test_jax_batched_diagonal_sums_equal_jacrev(jax_results, dropout):
         _close(run["batched_einsum"][key], run["jacrev"][key])
         if dropout == "0.0":  # the per-example path draws other masks under dropout
             _close(run["per_example"][key], run["jacrev"][key])
+    if dropout == "0.0":
+        assert run["batched"]["loss_sum"] == pytest.approx(run["per_example"]["loss_sum"], 1e-6)
     # one seed generator state (dropout's) where there is dropout, none without
     assert len(run["seed_before"]) == (dropout == "0.3")
     for path in ("batched", "batched_einsum", "per_example"):
