@@ -16,9 +16,9 @@ own operations, x = (float32(u8) / 255 - mean) / std, computed eagerly here; eag
 arithmetic gives the map's bits (tests/data/test_device_data.py checks every batch of an
 epoch, and whole runs' weights, against the map).
 
-Where it applies (`applies`): in-memory sources only, without seed-003 repeats or
-augmentation (those run per batch in the map). Memory: the normalised set, float32, on every
-local replica's device (Fashion-MNIST: 55-60k x 784 x 4 B = 172-188 MB each);
+Where it applies (`why_not_on_device` names what stops it): in-memory sources only, without
+seed-003 repeats or augmentation (those run per batch in the map). Memory: the normalised set,
+float32, on every local replica's device (Fashion-MNIST: 55-60k x 784 x 4 B = 172-188 MB each);
 `train.inputs_on_device = 'auto'` holds it there only up to `AUTO_MAX_BYTES` per replica.
 """
 
@@ -34,7 +34,7 @@ from keras_largebatch.data.sources import DataSource
 AUTO_MAX_BYTES = 1 << 30  # 1 GiB of normalised images per replica's device
 
 
-def applies(source: DataSource, *, repeats: int, augment) -> str | None:
+def why_not_on_device(source: DataSource, *, repeats: int, augment) -> str | None:
     """None where the training set can be held on the device; else why not (one phrase)."""
     if not source.in_memory:
         return f"the {source.name} training set is not held in memory"

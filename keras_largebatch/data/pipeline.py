@@ -105,7 +105,8 @@ def train_dataset_fn(
     """
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise UserInputError(f"repeats must be an integer >= 1; got {repeats!r}")
-    why_not = indices_only and device_data.applies(source, repeats=repeats, augment=augment)
+    why_not = indices_only and device_data.why_not_on_device(source, repeats=repeats,
+                                                             augment=augment)
     if why_not:
         raise ValueError(f"indices_only cannot be used: {why_not}")
     steps = steps_per_epoch(source.num_train, global_batch_size)

@@ -104,6 +104,13 @@ def uncovered_layers(model: keras.Model, variables) -> list[str]:
     return names
 
 
+def layers_owning(model: keras.Model, variables) -> list:
+    """The layers of `model` (itself included) that own one of `variables` directly."""
+    wanted = {id(v) for v in variables}
+    return [layer for layer in model._flatten_layers(include_self=True, recursive=True)  # noqa: SLF001
+            if any(id(v) in wanted for v in layer._trainable_variables)]  # noqa: SLF001
+
+
 def _install(layer):
     """Wrap `layer`'s call (records its input) and activation (records z) for recorders."""
     key = id(layer)
@@ -225,11 +232,7 @@ def batched_sum_grad_squared(
     """sum_n l_n, sum_n g_n and sum_n g_n**2 per variable from one forward and one backward
     pass (module docstring). `per_example_loss(y_pred)` returns the [n] losses l_n; `variables`
     must all belong to covered layers (`uncovered_layers(model, variables) == []`)."""
-    wanted = {id(v) for v in variables}
-    layers = [
-        layer for layer in model._flatten_layers(include_self=True, recursive=True)  # noqa: SLF001
-        if any(id(v) in wanted for v in layer._trainable_variables)  # noqa: SLF001
-    ]
+    layers = layers_owning(model, variables)
     with _recording(layers) as record, tf.GradientTape() as tape:
         y_pred = model(x, training=True)
         loss_sum = tf.reduce_sum(per_example_loss(y_pred))

@@ -31,13 +31,7 @@ import jax
 import jax.numpy as jnp
 import keras
 
-from keras_largebatch.optimizers.ba_sum_grad_squared import _recording
-
-
-def _layers(model, variables):
-    wanted = {id(v) for v in variables}
-    return [layer for layer in model._flatten_layers(include_self=True, recursive=True)  # noqa: SLF001
-            if any(id(v) in wanted for v in layer._trainable_variables)]  # noqa: SLF001
+from keras_largebatch.optimizers.ba_sum_grad_squared import _recording, layers_owning
 
 
 def _unfolded(layer, a, out_hw):
@@ -111,7 +105,7 @@ def batched_sum_grad_squared(model, per_example_loss, trainable, non_trainable, 
     if scan is None:
         scan = jax.default_backend() == "cpu"
     variables = model.trainable_variables
-    layers = _layers(model, variables)
+    layers = layers_owning(model, variables)
     keys = [id(layer) for layer in layers]
 
     def run(values, deltas):

@@ -136,8 +136,9 @@ def inputs_on_device(config: RunConfig, source: DataSource, augment, *, ba: bool
     wanted = config.data.inputs_on_device
     if wanted is False:
         return False
-    why_not = ("BA-Momentum's chunk step reads whole batches" if ba
-               else device_data.applies(source, repeats=config.data.repeats, augment=augment))
+    why_not = ("BA-Momentum's chunk step reads whole batches" if ba else
+               device_data.why_not_on_device(source, repeats=config.data.repeats,
+                                             augment=augment))
     if wanted is True and why_not:
         raise UserInputError(f"train.inputs_on_device = True cannot be used: {why_not}; "
                              f"use 'auto' or False")
